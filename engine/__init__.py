@@ -1,0 +1,1 @@
+"""DJZ-VibeVoice inference engine: checkpoints, prompts, the batched streaming frame loop and its runtimes."""

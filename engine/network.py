@@ -1,0 +1,142 @@
+"""VibeVoice's network pieces as pure functions of explicit state, over transformers' own modules.
+
+Every state the frame loop carries (KV caches, streaming-conv caches) enters and leaves as a tensor, so the same
+functions serve the torch runtime, ONNX export (one graph each) and, later, CUDA graph capture.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+
+
+class LanguageModelStep(nn.Module):
+    """Qwen2 over new tokens that attend to an explicit past.
+
+    embeds [B, S, H], positions [B, S], past_k/past_v [layers, B, kv_heads, T, head_dim], past_valid [B, T]
+    -> hidden [B, S, H] (final norm applied), logits [B, S, V'] over `token_ids` only, new_k/new_v
+    [layers, B, kv_heads, S, head_dim] for the caller to store.
+    """
+
+    def __init__(self, language_model: nn.Module, lm_head: nn.Module, token_ids: list[int]):
+        super().__init__()
+        self.lm = language_model
+        cfg = language_model.config
+        self.heads = cfg.num_attention_heads
+        self.kv_heads = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        # Only the tokens VibeVoice may emit are scored: a [V', H] slice instead of the full vocabulary.
+        self.register_buffer("token_weight", lm_head.weight[token_ids].detach().clone(), persistent=False)
+
+    def forward(self, embeds, positions, past_k, past_v, past_valid):
+        batch, new, _ = embeds.shape
+        past = past_k.shape[3]
+        cos, sin = self.lm.rotary_emb(embeds, positions)
+        causal = torch.ones(new, new, dtype=torch.bool, device=embeds.device).tril()
+        visible = torch.cat([past_valid[:, None, :].expand(batch, new, past), causal.expand(batch, new, new)], dim=-1)
+        bias = torch.zeros(visible.shape, dtype=embeds.dtype, device=embeds.device)
+        bias = bias.masked_fill(~visible, torch.finfo(embeds.dtype).min)[:, None]  # [B, 1, S, T + S]
+        group = self.heads // self.kv_heads
+        hidden = embeds
+        new_keys, new_values = [], []
+        for i, layer in enumerate(self.lm.layers):
+            attn = layer.self_attn
+            x = layer.input_layernorm(hidden)
+            q = attn.q_proj(x).view(batch, new, self.heads, self.head_dim).transpose(1, 2)
+            k = attn.k_proj(x).view(batch, new, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = attn.v_proj(x).view(batch, new, self.kv_heads, self.head_dim).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            new_keys.append(k)
+            new_values.append(v)
+            keys = torch.cat([past_k[i], k], dim=2).repeat_interleave(group, dim=1)
+            values = torch.cat([past_v[i], v], dim=2).repeat_interleave(group, dim=1)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=attn.scaling)
+            hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(batch, new, -1))
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        hidden = self.lm.norm(hidden)
+        logits = hidden @ self.token_weight.T
+        return hidden, logits, torch.stack(new_keys), torch.stack(new_values)
+
+
+@dataclass(frozen=True)
+class ConvCacheSpec:
+    """One causal convolution's left context: `channels` x `width` samples of its input."""
+
+    key: str
+    channels: int
+    width: int
+
+
+def conv_cache_specs(module: nn.Module) -> list[ConvCacheSpec]:
+    """The streaming caches of a VibeVoice tokenizer encoder or decoder, in forward order."""
+    specs = []
+    for sub in module.modules():
+        if hasattr(sub, "cache_key") and sub.left_pad > 0:
+            specs.append(ConvCacheSpec(sub.cache_key, sub.in_channels, sub.left_pad))
+    return specs
+
+
+class _ExplicitConvCache:
+    """Stands in for transformers' padding cache: reads given tensors, records the updated ones."""
+
+    def __init__(self, specs: list[ConvCacheSpec], caches: list[torch.Tensor]):
+        self.past = {spec.key: cache for spec, cache in zip(specs, caches)}
+        self.updated: dict[str, torch.Tensor] = {}
+
+    def update(self, hidden_states, cache_key, conv_module):
+        past = self.past.get(cache_key)
+        if past is None:  # a convolution with no left context
+            return hidden_states
+        padded = torch.cat([past, hidden_states], dim=-1)
+        self.updated[cache_key] = padded[..., padded.shape[-1] - conv_module.left_pad:]
+        return padded
+
+
+class StreamingConvStep(nn.Module):
+    """One chunk through a causal-conv tokenizer half (acoustic decoder or semantic encoder) with explicit caches.
+
+    forward(x, *caches) -> (y, *new_caches); the decoder maps latents [B, 64, 1] to audio [B, 1, 3200], the
+    semantic encoder maps audio [B, 1, 3200] to latents [B, 1, 128]. Zero caches equal a fresh, non-streaming pass.
+    """
+
+    def __init__(self, module: nn.Module, output: str):
+        super().__init__()
+        self.module = module
+        self.output = output  # "audio" for the decoder, "latents" for an encoder
+        self.specs = conv_cache_specs(module)
+
+    def zero_caches(self, batch: int, dtype=torch.float32, device="cpu") -> list[torch.Tensor]:
+        return [torch.zeros(batch, s.channels, s.width, dtype=dtype, device=device) for s in self.specs]
+
+    def forward(self, x, *caches):
+        cache = _ExplicitConvCache(self.specs, list(caches))
+        y = getattr(self.module(x, padding_cache=cache), self.output)
+        return (y, *(cache.updated[s.key] for s in self.specs))
+
+
+class DiffusionHeadStep(nn.Module):
+    """The diffusion head: noisy latents [B, 64], timesteps [B], conditions [B, H] -> v-prediction [B, 64]."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, noisy, timesteps, condition):
+        return self.head(noisy, timesteps, condition)
+
+
+class VoiceEncoder(nn.Module):
+    """Voice audio [S, 1, N] (normalised, N a multiple of 3200) -> the acoustic encoder's mean latents [S, N/3200, 64].
+
+    The sigma-VAE noise is not added here: the engine draws it per request, so cached latents reproduce seeds.
+    """
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, audio):
+        return self.encoder(audio).latents

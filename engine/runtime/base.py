@@ -1,0 +1,84 @@
+"""What every runtime offers the frame loop: the network's pieces as calls on torch tensors, plus the model's shape."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from engine.network import ConvCacheSpec
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the frame loop needs to know about a checkpoint, without its weights."""
+
+    hidden_size: int
+    num_layers: int
+    kv_heads: int
+    head_dim: int
+    latent_dim: int
+    semantic_dim: int
+    vocab_size: int
+    token_ids: tuple[int, ...]  # the tokens the LM may emit, ascending (the order of `lm` logits)
+    audio_bos_id: int
+    audio_eos_id: int
+    audio_token_id: int
+    eos_id: int
+    vae_std: float
+    latent_scale: float
+    latent_bias: float
+    decoder_caches: tuple[ConvCacheSpec, ...] = field(default_factory=tuple)
+    semantic_caches: tuple[ConvCacheSpec, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_model(cls, model) -> "ModelSpec":
+        from engine.network import conv_cache_specs
+
+        cfg = model.config
+        text = cfg.text_config
+        ids = (cfg.audio_bos_token_id, cfg.audio_eos_token_id, cfg.audio_token_id, cfg.eos_token_id)
+        return cls(
+            hidden_size=text.hidden_size, num_layers=text.num_hidden_layers, kv_heads=text.num_key_value_heads,
+            head_dim=getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads,
+            latent_dim=cfg.audio_config.hidden_size, semantic_dim=cfg.semantic_model_config.hidden_size,
+            vocab_size=text.vocab_size, token_ids=tuple(sorted(set(ids))),
+            audio_bos_id=cfg.audio_bos_token_id, audio_eos_id=cfg.audio_eos_token_id,
+            audio_token_id=cfg.audio_token_id, eos_id=cfg.eos_token_id, vae_std=float(cfg.audio_config.vae_std),
+            latent_scale=model.model.latent_scaling_factor.item(), latent_bias=model.model.latent_bias_factor.item(),
+            decoder_caches=tuple(conv_cache_specs(model.model.audio_tower.decoder)),
+            semantic_caches=tuple(conv_cache_specs(model.model.semantic_tokenizer_encoder)),
+        )
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ModelSpec":
+        data = dict(data)
+        for key in ("decoder_caches", "semantic_caches"):
+            data[key] = tuple(ConvCacheSpec(**c) for c in data[key])
+        data["token_ids"] = tuple(data["token_ids"])
+        return cls(**data)
+
+
+class Runtime:
+    """The network's pieces. Tensors in and out are torch tensors on `device` in `dtype` (ids and positions int64).
+
+    embed(ids [...]) -> [..., H]
+    lm(embeds [B,S,H], positions [B,S], past_k, past_v [layers,B,kv,T,d], past_valid [B,T] bool)
+        -> hidden [B,S,H], logits [B,S,len(token_ids)], new_k, new_v [layers,B,kv,S,d]
+    diffusion_head(noisy [B,D], timesteps [B], condition [B,H]) -> v [B,D]
+    acoustic_connector(latents [N,D]) -> [N,H];  semantic_connector(semantic [N,D']) -> [N,H]
+    decode(latents [B,D,1], *caches) -> (audio [B,1,3200], *caches)
+    semantic(audio [B,1,3200], *caches) -> (semantic [B,1,D'], *caches)
+    encode_voice(audio [S,1,N]) -> mean latents [S,N/3200,D]
+    """
+
+    name: str
+    spec: ModelSpec
+    device: torch.device
+    dtype: torch.dtype
+
+    def describe(self) -> str:
+        return f"{self.name} on {self.device} ({str(self.dtype).removeprefix('torch.')})"
+

@@ -1,0 +1,59 @@
+"""The torch runtime: transformers' VibeVoice modules, called through the explicit-state functions of engine.network."""
+from __future__ import annotations
+
+import torch
+
+from engine.checkpoint import Checkpoint
+from engine.network import DiffusionHeadStep, LanguageModelStep, StreamingConvStep, VoiceEncoder
+from engine.runtime.base import ModelSpec, Runtime
+
+
+class TorchRuntime(Runtime):
+    name = "torch"
+
+    def __init__(self, checkpoint: Checkpoint, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        self.device = torch.device(device)
+        self.dtype = dtype
+        model = checkpoint.model.to(self.device, dtype).eval()
+        self.spec = ModelSpec.from_model(model)
+        inner = model.model
+        self._embed = inner.language_model.embed_tokens
+        self._lm = LanguageModelStep(inner.language_model, model.lm_head, list(self.spec.token_ids))
+        self._head = DiffusionHeadStep(inner.diffusion_head)
+        self._acoustic_connector = inner.multi_modal_projector
+        self._semantic_connector = inner.semantic_connector
+        self._decoder = StreamingConvStep(inner.audio_tower.decoder, "audio")
+        self._semantic = StreamingConvStep(inner.semantic_tokenizer_encoder, "latents")
+        self._voice_encoder = VoiceEncoder(inner.audio_tower.encoder)
+
+    @torch.no_grad()
+    def embed(self, ids):
+        return self._embed(ids)
+
+    @torch.no_grad()
+    def lm(self, embeds, positions, past_k, past_v, past_valid):
+        return self._lm(embeds, positions, past_k, past_v, past_valid)
+
+    @torch.no_grad()
+    def diffusion_head(self, noisy, timesteps, condition):
+        return self._head(noisy, timesteps, condition)
+
+    @torch.no_grad()
+    def acoustic_connector(self, latents):
+        return self._acoustic_connector(latents)
+
+    @torch.no_grad()
+    def semantic_connector(self, semantic):
+        return self._semantic_connector(semantic)
+
+    @torch.no_grad()
+    def decode(self, latents, *caches):
+        return self._decoder(latents, *caches)
+
+    @torch.no_grad()
+    def semantic(self, audio, *caches):
+        return self._semantic(audio, *caches)
+
+    @torch.no_grad()
+    def encode_voice(self, audio):
+        return self._voice_encoder(audio)
