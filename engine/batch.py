@@ -47,7 +47,7 @@ class _Slot:
     frame_limit: int
     positive_len: int             # tokens in the positive KV row
     negative_len: int = 0         # committed tokens in the negative KV row
-    frames: int = 0               # speech frames produced
+    steps: int = 0                # tokens generated: speech frames plus turn boundaries, as the original counts
 
 
 class BatchEngine:
@@ -151,10 +151,9 @@ class BatchEngine:
         outputs, continuing = [], []
         for j, (index, slot, token) in enumerate(zip(live, slots, tokens)):
             finished, reason = False, None
-            if j in audio:
-                slot.frames += 1
-                if slot.frames >= slot.frame_limit:
-                    finished, reason = True, "exact_frames" if slot.options.exact_frames else "max_frames"
+            slot.steps += 1
+            if slot.steps >= slot.frame_limit:
+                finished, reason = True, "exact_frames" if slot.options.exact_frames else "max_frames"
             elif token == spec.eos_id:
                 finished, reason = True, "eos"
             elif token == spec.audio_bos_id:

@@ -33,7 +33,7 @@ class SynthesisOptions:
     cfg_scale: float = DEFAULT_CFG_SCALE
     diffusion_steps: int = DEFAULT_DIFFUSION_STEPS
     seed: int | None = None           # None: a fresh random seed, reported with the result
-    max_frames: int | None = None     # cap on speech frames (None: the engine's default)
+    max_frames: int | None = None     # cap on generated steps: speech frames + turn boundaries (None: default)
     exact_frames: int | None = None   # force exactly this many speech frames (benchmarks, parity)
 
     def __post_init__(self):

@@ -43,17 +43,21 @@ class Synthesizer:
         frames are produced; a request starts as soon as a stream slot is free."""
         waiting = deque(enumerate(requests))
         running: dict[int, tuple[int, int]] = {}  # stream id -> (request index, seed)
-        while waiting or running:
-            while waiting and self.engine.free_slots:
-                index, request = waiting.popleft()
-                seed = request.options.seed if request.options.seed is not None else secrets.randbits(63)
-                prompt = prepare_prompt(self.runtime, self.processor, request, seed)
-                running[self.engine.add(prompt, request.options)] = (index, seed)
-            for output in self.engine.step():
-                index, seed = running[output.stream_id]
-                if output.finished:
-                    del running[output.stream_id]
-                yield index, seed, output
+        try:
+            while waiting or running:
+                while waiting and self.engine.free_slots:
+                    index, request = waiting.popleft()
+                    seed = request.options.seed if request.options.seed is not None else secrets.randbits(63)
+                    prompt = prepare_prompt(self.runtime, self.processor, request, seed)
+                    running[self.engine.add(prompt, request.options)] = (index, seed)
+                for output in self.engine.step():
+                    index, seed = running[output.stream_id]
+                    if output.finished:
+                        del running[output.stream_id]
+                    yield index, seed, output
+        finally:  # the consumer stopped early (or failed): free the slots it held
+            for stream_id in running:
+                self.engine.cancel(stream_id)
 
     def stream(self, request: SynthesisRequest) -> Iterator[np.ndarray]:
         """The request's audio, one 3200-sample frame at a time."""

@@ -1,0 +1,1 @@
+"""The `djz` command line."""

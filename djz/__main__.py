@@ -1,0 +1,5 @@
+import sys
+
+from djz.cli import main
+
+sys.exit(main())
