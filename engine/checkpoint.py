@@ -14,6 +14,7 @@ CHAT_TEMPLATE = (Path(__file__).with_name("chat_template.jinja")).read_text()
 
 # Qwen2.5's ids for the four tokens VibeVoice generates; a tiny checkpoint gets its own small ids.
 SPECIAL_TOKENS = ("<|endoftext|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
+HF_SUB_CONFIGS = ("text_config", "audio_config", "semantic_model_config", "diffusion_head_config")
 
 
 @dataclass
@@ -155,6 +156,10 @@ def load_checkpoint(path_or_id: str | Path, device: str = "cpu", dtype: torch.dt
         return Checkpoint(model=model.to(device).eval(), processor=processor, source=source)
     if config_dict.get("model_type") != "vibevoice":
         raise CheckpointError(f"{source}: model_type is {config_dict.get('model_type')!r}, not 'vibevoice'")
+    missing = [key for key in HF_SUB_CONFIGS if not isinstance(config_dict.get(key), dict)]
+    if missing:  # transformers would fill them with defaults of another size (a 13.6B LM): refuse instead
+        raise CheckpointError(f"{source}: config.json lacks {', '.join(missing)}; a VibeVoice -hf checkpoint "
+                              "carries every sub-config")
     config = VibeVoiceConfig.from_pretrained(source)
     model = VibeVoiceForConditionalGeneration.from_pretrained(source, config=config, dtype=dtype)
     try:

@@ -14,21 +14,22 @@ from engine.errors import CheckpointError
 # Fixed in the original code (not config fields): ConvNeXt kernel, FFN width and activation, timestep embedding.
 _KERNEL_SIZE, _FFN_EXPANSION, _FREQUENCY_EMBEDDING_SIZE, _MAX_PERIOD = 7, 4, 256, 10000
 
-# Original tokenizer options that transformers' tokenizer cannot express otherwise; each value is also the
-# original default, so an absent key is fine and a different value is not.
+# Acoustic/semantic tokenizer options transformers' version has fixed at these values; each is also the original
+# default, so an absent key is fine and a different value cannot be converted.
 _TOKENIZER_OPTIONS = {"causal": True, "conv_bias": True, "conv_norm": "none", "pad_mode": "constant",
                       "mixer_layer": "depthwise_conv", "layernorm": "RMSNorm", "layernorm_elementwise_affine": True,
                       "disable_last_norm": True, "kernel_size": _KERNEL_SIZE, "last_kernel_size": _KERNEL_SIZE,
                       "trim_right_ratio": 1.0}
 _QWEN2_SHAPE = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                 "vocab_size", "max_position_embeddings", "rms_norm_eps")
-_BETA_SCHEDULES = {"cosine": "squaredcos_cap_v2", "squaredcos_cap_v2": "squaredcos_cap_v2", "linear": "linear"}
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
 
 _TOWERS = {"acoustic_tokenizer.encoder": "audio_tower.encoder", "acoustic_tokenizer.decoder": "audio_tower.decoder",
            "semantic_tokenizer.encoder": "semantic_tokenizer_encoder"}
 # downsample_layers/upsample_layers/stages count from the stem (0); transformers names the stem apart.
 _TOKENIZER_STAGE = re.compile(r"model\.(acoustic_tokenizer\.encoder|acoustic_tokenizer\.decoder|"
-                              r"semantic_tokenizer\.encoder)\.(downsample_layers|upsample_layers|stages)\.(\d+)\.(\d+)\.(.+)")
+                              r"semantic_tokenizer\.encoder)\.(downsample_layers|upsample_layers|stages)"
+                              r"\.(\d+)\.(\d+)\.(.+)")
 # Applied in order, every one that matches.
 _RENAMES = [(re.compile(pattern), replacement) for pattern, replacement in (
     (r"^model\.acoustic_tokenizer\.", "model.audio_tower."),
@@ -55,8 +56,9 @@ def hf_key(key: str) -> str:
     if match:
         tower, kind, stage, index, rest = match.groups()
         block = "stem" if stage == "0" else f"conv_layers.{int(stage) - 1}"
-        if kind == "stages":  # the depthwise conv sits three wrappers deep in the original (Convlayer/SConv1d/NormConv1d)
-            return f"model.{_TOWERS[tower]}.{block}.stage.{index}.{rest.replace('mixer.conv.conv.conv.', 'mixer.conv.')}"
+        if kind == "stages":  # the original wraps the depthwise conv three deep (Convlayer > SConv1d > NormConv1d)
+            rest = rest.replace("mixer.conv.conv.conv.", "mixer.conv.")
+            return f"model.{_TOWERS[tower]}.{block}.stage.{index}.{rest}"
         return f"model.{_TOWERS[tower]}.{block}.{rest}"  # `conv.conv.*` / `convtr.convtr.*` on both sides
     for pattern, replacement in _RENAMES:
         key = pattern.sub(replacement, key)
@@ -159,37 +161,51 @@ def _noise_scheduler_config(config_dict: dict) -> dict:
     head, where = config_dict["diffusion_head_config"], "diffusion_head_config"
     prediction, schedule = head.get("prediction_type", "v_prediction"), head.get("ddpm_beta_schedule", "cosine")
     if prediction != "v_prediction":
-        raise CheckpointError(f"config.json {where}.prediction_type is {prediction!r}; only 'v_prediction' is supported")
-    if schedule not in _BETA_SCHEDULES:
-        raise CheckpointError(f"config.json {where}.ddpm_beta_schedule is {schedule!r}; expected one of "
-                              f"{', '.join(_BETA_SCHEDULES)}")
-    return {"beta_schedule": _BETA_SCHEDULES[schedule], "prediction_type": prediction,
+        raise CheckpointError(f"config.json {where}.prediction_type is {prediction!r}; only 'v_prediction' "
+                              f"is supported")
+    if schedule != "cosine":
+        raise CheckpointError(f"config.json {where}.ddpm_beta_schedule is {schedule!r}; only 'cosine' is supported")
+    return {"beta_schedule": "squaredcos_cap_v2", "prediction_type": prediction,  # diffusers' name for it
             "num_train_timesteps": head.get("ddpm_num_steps", 1000)}
 
 
+def _has_vocabulary(folder: Path) -> bool:
+    files = {path.name for path in folder.iterdir()}
+    return "tokenizer.json" in files or {"vocab.json", "merges.txt"} <= files
+
+
 def _tokenizer(folder: Path, preprocessor: dict):
-    """Tokenizer files in the folder, else the Qwen tokenizer the original preprocessor config names (hub)."""
+    """Tokenizer files in the folder, else those of the Qwen model the original preprocessor config names (hub)."""
     from transformers import Qwen2Tokenizer
 
-    local = (folder / "tokenizer.json").exists() or (folder / "vocab.json").exists()
-    name = str(folder) if local else preprocessor.get("language_model_pretrained_name")
-    reason = "preprocessor_config.json names no language_model_pretrained_name"
-    if name:
+    name = preprocessor.get("language_model_pretrained_name")
+    source, reason = folder, None
+    if not _has_vocabulary(folder):
+        reason = "preprocessor_config.json names no language_model_pretrained_name"
+        if name:
+            try:
+                from huggingface_hub import snapshot_download
+
+                source = Path(snapshot_download(name, allow_patterns=list(_TOKENIZER_FILES)))
+                reason = None if _has_vocabulary(source) else f"{name} on the hub has no tokenizer files"
+            except Exception as exc:  # offline, no network, unknown repo: the remedy is the same
+                reason = f"the hub could not provide {name}: {exc}"
+    if reason is None:
         try:
-            return Qwen2Tokenizer.from_pretrained(name)
-        except Exception as exc:  # missing files, no network, unknown repo: the remedy is the same
-            reason = f"{name} could not be loaded: {exc}"
-    qwen = preprocessor.get("language_model_pretrained_name") or "Qwen/Qwen2.5-1.5B or Qwen/Qwen2.5-7B"
-    raise CheckpointError(f"no usable tokenizer ({reason}); copy tokenizer.json, tokenizer_config.json, vocab.json "
-                          f"and merges.txt of {qwen} into the checkpoint folder")
+            return Qwen2Tokenizer.from_pretrained(str(source))
+        except Exception as exc:
+            reason = f"the tokenizer files in {source} could not be loaded: {exc}"
+    qwen = name or "Qwen/Qwen2.5-1.5B or Qwen/Qwen2.5-7B"
+    raise CheckpointError(f"no usable tokenizer ({reason}); copy {', '.join(_TOKENIZER_FILES[:-1])} and "
+                          f"{_TOKENIZER_FILES[-1]} of {qwen} into the checkpoint folder")
 
 
 def _special_token_ids(tokenizer, vocab_size: int) -> dict:
-    ids = {}
+    ids, vocab = {}, tokenizer.get_vocab()
     for name, token in zip(("eos_token_id", "audio_bos_token_id", "audio_eos_token_id", "audio_token_id"),
                            SPECIAL_TOKENS):
-        token_id = tokenizer.convert_tokens_to_ids(token)
-        if token_id is None or token_id == tokenizer.unk_token_id or not 0 <= token_id < vocab_size:
+        token_id = vocab.get(token)
+        if token_id is None or not 0 <= token_id < vocab_size:
             raise CheckpointError(f"the tokenizer has no usable id for {token} (got {token_id}); expected a Qwen2.5 "
                                   f"tokenizer whose ids fit the model's {vocab_size} embeddings")
         ids[name] = token_id
@@ -204,7 +220,7 @@ def _processor(preprocessor: dict, tokenizer, hop_length: int):
     if ratio != hop_length:
         raise CheckpointError(f"preprocessor_config.json speech_tok_compress_ratio is {ratio}; the acoustic "
                               f"tokenizer's hop is {hop_length}")
-    # The original normalises voice prompts when db_normalize is set, at the audio processor's level and eps.
+    # db_normalize is the switch the original applies to voice prompts (-25 dBFS, like audio_processor's level).
     features = VibeVoiceAcousticTokenizerFeatureExtractor(
         sampling_rate=audio.get("sampling_rate", 24000), normalize_audio=preprocessor.get("db_normalize", True),
         target_dB_FS=audio.get("target_dB_FS", -25), eps=audio.get("eps", 1e-6), pad_to_multiple_of=hop_length)
@@ -239,7 +255,7 @@ def _read_weights(files: list[Path], stack: ExitStack) -> dict:
             handle = stack.enter_context(safe_open(str(file), framework="pt"))
             weights.update({key: handle.get_slice(key) for key in handle.keys()})
         else:
-            weights.update(torch.load(file, map_location="cpu", weights_only=True, mmap=True))
+            weights.update(torch.load(file, map_location="cpu", weights_only=True))
     return weights
 
 
@@ -278,13 +294,17 @@ def _load(source: str, config_dict: dict, dtype):
             None, config=config, state_dict=weights, dtype=dtype, ignore_mismatched_sizes=True,
             output_loading_info=True)
     original_name = {hf_key(key): key for key in original}
-    problems = [f"missing ({len(info['missing_keys'])}, -hf names): {_listing(info['missing_keys'])}"
-                if info["missing_keys"] else "",
-                f"unexpected ({len(info['unexpected_keys'])}): "
-                f"{_listing(original_name.get(k, k) for k in info['unexpected_keys'])}" if info["unexpected_keys"] else "",
-                f"wrong shape: {_listing(info['mismatched_keys'])}" if info["mismatched_keys"] else ""]
-    if any(problems):
-        raise CheckpointError("the weights do not match config.json; " + "; ".join(p for p in problems if p))
+    problems = []
+    if info["missing_keys"]:
+        problems.append(f"missing ({len(info['missing_keys'])}, -hf names): {_listing(info['missing_keys'])}")
+    if info["unexpected_keys"]:
+        names = [original_name.get(key, key) for key in info["unexpected_keys"]]
+        problems.append(f"unexpected ({len(names)}): {_listing(names)}")
+    if info["mismatched_keys"]:
+        problems.append("wrong shape: " + _listing(f"{key} (stored {list(stored)}, expected {list(expected)})"
+                                                   for key, stored, expected in info["mismatched_keys"]))
+    if problems:
+        raise CheckpointError("the weights do not match config.json; " + "; ".join(problems))
     model.generation_config.noise_scheduler_class = "DPMSolverMultistepScheduler"
     model.generation_config.noise_scheduler_config = scheduler
     return model.eval(), processor
