@@ -29,6 +29,13 @@ def cmd_make_checkpoint(args) -> None:
     print(f"wrote a random-weight {args.size} checkpoint to {out}")
 
 
+def cmd_convert_checkpoint(args) -> None:
+    from engine.convert_original import convert_original_checkpoint
+
+    out = convert_original_checkpoint(args.src, args.out)
+    print(f"converted {args.src} (Microsoft's original layout) to the -hf layout in {out}")
+
+
 def cmd_export(args) -> None:
     if args.runtime != "onnxruntime":
         raise EngineError(f"--runtime {args.runtime}: only onnxruntime export is available in this build")
@@ -111,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_make_checkpoint)
+
+    p = commands.add_parser("convert-checkpoint", help="convert Microsoft's original layout to the -hf layout")
+    p.add_argument("--src", required=True, help="original-layout checkpoint folder")
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=cmd_convert_checkpoint)
 
     p = commands.add_parser("export", help="export a checkpoint to an ONNX model repository")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder or hub id")

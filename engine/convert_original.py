@@ -327,7 +327,7 @@ def convert_original_checkpoint(src_dir: str | Path, out_dir: str | Path, dtype=
     config_dict = json.loads(config_file.read_text())
     if not is_original_layout(config_dict):
         raise CheckpointError(f"{src_dir}: config.json is not in the original layout (no acoustic_tokenizer_config "
-                              f"or decoder_config); load it with engine.checkpoint.load_checkpoint as it is")
+                              f"or decoder_config); it is already in the -hf layout and loads as it is")
     model, processor = load_original_checkpoint(str(src_dir), config_dict, dtype=dtype or "auto")
     out = Path(out_dir)
     model.save_pretrained(out)

@@ -93,3 +93,8 @@ def test_bench_prints_a_table_and_json(tiny_checkpoint, capsys):
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert figures["streams"] == 2 and figures["frames_per_stream"] == 4
     assert figures["ms_per_frame"] > 0 and figures["rtf"] > 0 and figures["first_audio_ms"] > 0
+
+
+def test_convert_checkpoint_refuses_a_folder_already_in_the_hf_layout(tiny_checkpoint, tmp_path, capsys):
+    assert main(["convert-checkpoint", "--src", str(tiny_checkpoint), "--out", str(tmp_path / "out")]) == 2
+    assert "already in the -hf layout" in capsys.readouterr().err
