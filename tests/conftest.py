@@ -3,11 +3,26 @@ import numpy as np
 import pytest
 
 from engine.checkpoint import make_checkpoint
+from export import onnx_export
+
+# Low enough that the tiny checkpoint's three largest graphs (~6 MB) go to external data: one export covers both.
+EXTERNAL_DATA_BYTES = 1_000_000
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     return make_checkpoint("tiny", tmp_path_factory.mktemp("tiny") / "checkpoint", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tiny_checkpoint, tmp_path_factory):
+    """(root, log lines) of the tiny checkpoint exported for onnxruntime."""
+    lines = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", EXTERNAL_DATA_BYTES)
+        root = onnx_export.export_onnx(str(tiny_checkpoint), tmp_path_factory.mktemp("onnx") / "repository",
+                                       log=lines.append)
+    return root, lines
 
 
 def synthetic_voice(seconds: float, pitch_hz: float, seed: int) -> np.ndarray:

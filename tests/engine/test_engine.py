@@ -25,6 +25,13 @@ def synth(tiny_checkpoint):
     return Synthesizer.load(str(tiny_checkpoint), runtime="torch", settings=EngineSettings(max_streams=4))
 
 
+@pytest.fixture(scope="module", params=["torch", "onnxruntime"])
+def synth_each_runtime(request, synth, tiny_repository):
+    if request.param == "torch":
+        return synth
+    return Synthesizer.load(str(tiny_repository[0]), runtime="onnxruntime")
+
+
 ONE_SPEAKER = "Speaker 0: Hello there, how are you today?"
 TWO_SPEAKERS = "Speaker 1: Hi, nice to meet you.\nSpeaker 2: Fine, thanks. And you?\nSpeaker 1: Very well."
 
@@ -40,9 +47,10 @@ def request(script, voices, voice_names, **options) -> SynthesisRequest:
     (TWO_SPEAKERS, {1: "low", 2: "high"}, 1.3, 5, 13),
     (TWO_SPEAKERS + "\nSpeaker 2: A longer closing line makes a longer prompt.", {1: "high", 2: "low"}, 1.0, 10, 14),
 ])
-def test_matches_transformers_generate(synth, tiny_checkpoint, voices, script, voice_names, cfg, steps, seed):
+def test_matches_transformers_generate(synth_each_runtime, tiny_checkpoint, voices, script, voice_names, cfg, steps,
+                                       seed):
     req = request(script, voices, voice_names, cfg_scale=cfg, diffusion_steps=steps, seed=seed, exact_frames=6)
-    ours = synth.synthesize(req)
+    ours = synth_each_runtime.synthesize(req)
     reference = reference_audio(tiny_checkpoint, req, {s: voices[n] for s, n in voice_names.items()})
     assert ours.frames == 6 and ours.reason == "exact_frames" and ours.seed == seed
     assert relative_error(ours.audio, reference) <= TOLERANCE
