@@ -41,8 +41,7 @@ def cmd_export(args) -> None:
         raise EngineError(f"--runtime {args.runtime}: only onnxruntime export is available in this build")
     from export.onnx_export import export_onnx
 
-    out = export_onnx(args.checkpoint, args.out, precision=args.precision)
-    print(f"exported {args.checkpoint} to {out}")
+    export_onnx(args.checkpoint, args.out, precision=args.precision)  # logs each graph's check and the result
 
 
 def cmd_synth(args) -> None:
