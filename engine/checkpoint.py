@@ -30,14 +30,15 @@ class Checkpoint:
         return self.model.config
 
 
-def _byte_level_tokenizer():
-    """A Qwen2 byte-level BPE tokenizer with no merges: 256 byte tokens plus VibeVoice's special tokens."""
+def _byte_level_tokenizer(special_ids: list[int] | None = None):
+    """A Qwen2 byte-level BPE tokenizer with no merges: 256 byte tokens plus VibeVoice's special tokens, at the
+    given ids (Qwen2.5's for the released sizes, so prompts index the real embedding rows) or right after the bytes."""
     from transformers import Qwen2Tokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     vocab = {char: i for i, char in enumerate(bytes_to_unicode().values())}
-    for token in SPECIAL_TOKENS:
-        vocab[token] = len(vocab)
+    special_ids = special_ids or list(range(len(vocab), len(vocab) + len(SPECIAL_TOKENS)))
+    vocab.update(zip(SPECIAL_TOKENS, special_ids))
     return Qwen2Tokenizer(vocab=vocab, merges=[], additional_special_tokens=list(SPECIAL_TOKENS[1:]))
 
 
@@ -83,8 +84,9 @@ def make_checkpoint(size: str, out: str | Path, seed: int = 0) -> Path:
             ("eos_token_id", "audio_bos_token_id", "audio_eos_token_id", "audio_token_id"), SPECIAL_TOKENS)}
         config = config_for(size, vocab_size=len(tokenizer), special_ids=dict(pad_token_id=ids["eos_token_id"], **ids))
     else:
-        tokenizer = None
         config = config_for(size)
+        tokenizer = _byte_level_tokenizer([config.eos_token_id, config.audio_bos_token_id, config.audio_eos_token_id,
+                                           config.audio_token_id])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -95,15 +97,9 @@ def make_checkpoint(size: str, out: str | Path, seed: int = 0) -> Path:
     model.generation_config.noise_scheduler_config = {"beta_schedule": "squaredcos_cap_v2",
                                                       "prediction_type": "v_prediction"}
     model.save_pretrained(out)
-    if tokenizer is not None:
-        processor = VibeVoiceProcessor(feature_extractor=VibeVoiceAcousticTokenizerFeatureExtractor(),
-                                       tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
-        processor.save_pretrained(out)
-    else:
-        # Released sizes use Qwen2.5's 151k vocabulary, which cannot be fetched here; record why the folder has none.
-        (out / "PROCESSOR_MISSING.txt").write_text(
-            "Random weights at a released size, for speed work. Copy the processor files (tokenizer, chat template,\n"
-            "preprocessor_config.json) of the matching released -hf checkpoint here to synthesise text.\n")
+    processor = VibeVoiceProcessor(feature_extractor=VibeVoiceAcousticTokenizerFeatureExtractor(),
+                                   tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
+    processor.save_pretrained(out)
     return out
 
 
