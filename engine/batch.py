@@ -89,9 +89,9 @@ class BatchEngine:
         except ValueError:
             raise RuntimeError("no free stream slot: check free_slots before add()") from None
         spec = self.runtime.spec
-        self._prefill(2 * index, prompt.embeds[None], start=0)
+        self._prefill(2 * index, prompt.embeds[None])
         bos = self.runtime.embed(torch.tensor([[spec.audio_bos_id]], device=self.runtime.device))
-        self._prefill(2 * index + 1, bos, start=0)
+        self._prefill(2 * index + 1, bos)
         for cache in self._decoder_caches + self._semantic_caches:
             cache[index].zero_()
         limit = options.exact_frames or options.max_frames or self.settings.default_max_frames
@@ -108,17 +108,17 @@ class BatchEngine:
                 return True
         return False
 
-    def _prefill(self, row: int, embeds: torch.Tensor, start: int) -> None:
-        """Run tokens [1, S, H] into KV row `row` from position `start` (an empty past: the row's old content is
-        dead), keeping the last position's hidden state and logits."""
+    def _prefill(self, row: int, embeds: torch.Tensor) -> None:
+        """Run tokens [1, S, H] into KV row `row` from position 0 (the row's old content is dead), keeping the last
+        position's hidden state and logits."""
         spec, dev = self.runtime.spec, self.runtime.device
         length = embeds.shape[1]
         empty = torch.zeros(spec.num_layers, 1, spec.kv_heads, 0, spec.head_dim, dtype=self.runtime.dtype, device=dev)
-        positions = torch.arange(start, start + length, device=dev)[None]
+        positions = torch.arange(length, device=dev)[None]
         hidden, logits, keys, values = self.runtime.lm(embeds, positions, empty, empty,
                                                        torch.zeros(1, 0, dtype=torch.bool, device=dev))
-        self._keys[:, row, :, start:start + length] = keys[:, 0]
-        self._values[:, row, :, start:start + length] = values[:, 0]
+        self._keys[:, row, :, :length] = keys[:, 0]
+        self._values[:, row, :, :length] = values[:, 0]
         slot = row // 2
         if row % 2 == 0:
             self._positive_hidden[slot] = hidden[0, -1]
