@@ -25,14 +25,18 @@ $(DEMO)/checkpoint: | venv
 	mkdir -p $(DEMO)
 	$(DJZ) make-checkpoint --size tiny --out $@ || { rm -rf $@; exit 1; }
 
-$(DEMO)/repository: | $(DEMO)/checkpoint
-	$(DJZ) export --checkpoint $(DEMO)/checkpoint --out $@ --runtime onnxruntime || { rm -rf $@; exit 1; }
+# The repository is exported again whenever the model templates or the export code change.
+$(DEMO)/repository/manifest.json: $(wildcard model_repository/*/config.pbtxt model_repository/*/1/model.py export/*.py) | $(DEMO)/checkpoint
+	rm -rf $(DEMO)/repository
+	$(DJZ) export --checkpoint $(DEMO)/checkpoint --out $(DEMO)/repository --runtime onnxruntime \
+		|| { rm -rf $(DEMO)/repository; exit 1; }
 
 # Random tiny weights never choose to speak on their own, so the demo forces 40 frames (about 5 s).
-demo: venv $(DEMO)/repository
+demo: venv $(DEMO)/repository/manifest.json
 	$(DJZ) synth --model $(DEMO)/repository --script examples/two_speakers.txt \
 		--voice 0=examples/voices/alice.wav --voice 1=examples/voices/bob.wav --out $(DEMO)/demo.wav \
 		--frames 40 --seed 1
+	$(DJZ) serve --model-repository $(DEMO)/repository --triton-only
 
 clean:
 	rm -rf $(DEMO) .pytest_cache build dist *.egg-info

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from djz import serve
 from engine.errors import EngineError
 
 
@@ -37,17 +38,19 @@ def cmd_convert_checkpoint(args) -> None:
 
 
 def cmd_export(args) -> None:
-    if args.runtime != "onnxruntime":
-        raise EngineError(f"--runtime {args.runtime}: only onnxruntime export is available in this build")
-    from export.onnx_export import export_onnx
+    from engine.config import EngineSettings
+    from export.triton_repository import ServingConfig, export_repository
 
-    export_onnx(args.checkpoint, args.out, precision=args.precision)  # logs each graph's check and the result
+    serving = ServingConfig(target=args.target, engine=EngineSettings(max_streams=args.max_streams,
+                                                                      max_context=args.max_context))
+    export_repository(args.checkpoint, args.out, runtime=args.runtime, precision=args.precision, serving=serving)
 
 
 def cmd_synth(args) -> None:
     from tqdm import tqdm
 
     from engine.audio import prepare_voice, read_audio, write_audio
+    from engine.postprocess import postprocess
     from engine.config import HOP_SAMPLES, SAMPLE_RATE
     from engine.request import SynthesisOptions, SynthesisRequest, Voice
     from engine.synthesizer import Synthesizer
@@ -76,6 +79,8 @@ def cmd_synth(args) -> None:
     import numpy as np
 
     audio = np.concatenate(chunks)
+    if not args.raw:  # the same finishing, chunk by chunk, as Triton's postprocess model
+        audio = postprocess(audio)
     write_audio(args.out, audio, raw=args.raw)
     seconds = len(audio) / SAMPLE_RATE
     print(f"wrote {args.out}: {seconds:.2f} s of audio, {len(chunks)} frames, seed {seed}, stopped by {reason}, "
@@ -106,8 +111,9 @@ def _read_text(path: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from engine.checkpoint import SIZES
-    from engine.config import DEFAULT_CFG_SCALE, DEFAULT_DIFFUSION_STEPS
+    from engine.config import DEFAULT_CFG_SCALE, DEFAULT_DIFFUSION_STEPS, EngineSettings
     from engine.runtime import RUNTIMES
+    from export.triton_repository import EXPORT_RUNTIMES, TARGETS
 
     parser = argparse.ArgumentParser(prog="djz", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -123,11 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(run=cmd_convert_checkpoint)
 
-    p = commands.add_parser("export", help="export a checkpoint to an ONNX model repository")
+    p = commands.add_parser("export", help="export a checkpoint to a Triton model repository")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder or hub id")
     p.add_argument("--out", required=True)
-    p.add_argument("--runtime", default="onnxruntime")
-    p.add_argument("--precision", default="fp32")
+    p.add_argument("--runtime", choices=EXPORT_RUNTIMES, default="onnxruntime",
+                   help="onnxruntime: ONNX graphs for CPU serving; torch: the checkpoint, for GPU serving")
+    p.add_argument("--precision", default="fp32", help="onnxruntime: fp32; torch: fp32, bf16 or fp16")
+    p.add_argument("--target", choices=TARGETS, default="cpu", help="instance groups of the generated configs")
+    p.add_argument("--max-streams", type=int, default=EngineSettings.max_streams,
+                   help="streams the generator advances together")
+    p.add_argument("--max-context", type=int, default=EngineSettings.max_context,
+                   help="prompt tokens + generated frames per stream")
     p.set_defaults(run=cmd_export)
 
     def generation_options(p):
@@ -144,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--frames", type=int, help="generate exactly N speech frames (7.5 per second)")
     p.add_argument("--max-frames", type=int, help="stop after N speech frames")
-    p.add_argument("--raw", action="store_true", help="write the engine's float32 samples unprocessed")
+    p.add_argument("--raw", action="store_true",
+                   help="write the engine's float32 samples, without postprocessing (DC, loudness, limiter)")
     p.set_defaults(run=cmd_synth)
 
     p = commands.add_parser("bench", help="measure ms per frame, real-time factor and first-audio latency")
@@ -154,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="concurrent streams")
     p.add_argument("--voice-seconds", type=float, default=10.0)
     p.set_defaults(run=cmd_bench)
+
+    serve.add_parser(commands)
     return parser
 
 

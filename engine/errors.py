@@ -15,3 +15,7 @@ class CheckpointError(EngineError):
 
 class RuntimeUnavailable(EngineError):
     """A runtime was asked for that this machine or these artifacts cannot provide."""
+
+
+class Cancelled(EngineError):
+    """A request was cancelled (by its client, or because its consumer went away) before it finished."""

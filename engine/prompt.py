@@ -1,6 +1,7 @@
 """Prompt assembly: a request's script and voices -> LM input embeddings, through the checkpoint's chat template."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,29 +53,51 @@ def prompt_token_ids(processor, request: SynthesisRequest, frames: list[int]) ->
     return processor.tokenizer(expanded, add_special_tokens=False)["input_ids"]
 
 
-def voice_mean_latents(runtime: Runtime, request: SynthesisRequest, voice_order: list[int]) -> list[torch.Tensor]:
-    """Mean latents [frames, D] per voice; recorded voices are normalised and encoded in one padded batch."""
-    latents: dict[int, torch.Tensor] = {}
+def encode_voices(runtime: Runtime, clips: list[np.ndarray]) -> list[np.ndarray]:
+    """Mean latents [frames, D] of prepared voice clips (see engine.audio.prepare_voice), normalised and encoded in
+    one zero-padded batch. The acoustic_encoder Triton model and the in-process path both come through here."""
+    clips = [normalize_voice(c) for c in clips]
+    width = max(voice_frames(len(c)) for c in clips) * HOP_SAMPLES
+    batch = np.zeros((len(clips), 1, width), dtype=np.float32)
+    for row, clip in enumerate(clips):
+        batch[row, 0, :len(clip)] = clip
+    encoded = runtime.encode_voice(torch.from_numpy(batch).to(runtime.device, runtime.dtype)).float().cpu().numpy()
+    return [encoded[row, :voice_frames(len(clip))] for row, clip in enumerate(clips)]
+
+
+def check_latents(latents: np.ndarray, latent_dim: int, name: str) -> np.ndarray:
+    """Given voice latents as float32 [frames, latent_dim], or InvalidRequest naming `name` and what is wrong."""
+    latents = np.asarray(latents)
+    if latents.ndim != 2 or latents.shape[1] != latent_dim or latents.shape[0] < 1:
+        raise InvalidRequest(f"latents for {name} have shape {tuple(latents.shape)}; expected [frames, {latent_dim}]")
+    if not np.isfinite(latents).all():
+        raise InvalidRequest(f"latents for {name} contain NaN or infinite values")
+    return latents.astype(np.float32, copy=False)
+
+
+@dataclass
+class PromptInputs:
+    """A request reduced to what the frame loop needs: prompt token ids and each voice's mean latents, in the order
+    the prompt places voices. This is what Triton's preprocess model sends to the generator."""
+
+    token_ids: list[int]
+    voice_latents: list[np.ndarray]  # [frames, D] each
+
+
+def prompt_inputs(processor, request: SynthesisRequest, latent_dim: int,
+                  encode: Callable[[list[np.ndarray]], list[np.ndarray]]) -> PromptInputs:
+    """Tokenise the request's conversation; recorded voices are encoded with `encode` (clips -> mean latents)."""
+    _, voice_order = conversation(request)
+    latents: dict[int, np.ndarray] = {}
     recorded = [s for s in voice_order if request.voices[s].audio is not None]
     if recorded:
-        clips = [normalize_voice(request.voices[s].audio) for s in recorded]
-        width = max(voice_frames(len(c)) for c in clips) * HOP_SAMPLES
-        batch = np.zeros((len(clips), 1, width), dtype=np.float32)
-        for row, clip in enumerate(clips):
-            batch[row, 0, :len(clip)] = clip
-        encoded = runtime.encode_voice(torch.from_numpy(batch).to(runtime.device, runtime.dtype))
-        for row, (speaker, clip) in enumerate(zip(recorded, clips)):
-            latents[speaker] = encoded[row, :voice_frames(len(clip))]
+        latents.update(zip(recorded, encode([request.voices[s].audio for s in recorded])))
     for speaker in voice_order:
         given = request.voices[speaker].latents
         if given is not None:
-            if given.ndim != 2 or given.shape[1] != runtime.spec.latent_dim or given.shape[0] < 1:
-                raise InvalidRequest(f"latents for speaker {speaker} have shape {tuple(given.shape)}; "
-                                     f"expected [frames, {runtime.spec.latent_dim}]")
-            if not np.isfinite(given).all():
-                raise InvalidRequest(f"latents for speaker {speaker} contain NaN or infinite values")
-            latents[speaker] = torch.as_tensor(given, dtype=runtime.dtype, device=runtime.device)
-    return [latents[s] for s in voice_order]
+            latents[speaker] = check_latents(given, latent_dim, f"speaker {speaker}")
+    means = [latents[s] for s in voice_order]
+    return PromptInputs(prompt_token_ids(processor, request, [m.shape[0] for m in means]), means)
 
 
 def sample_voice_latents(means: list[torch.Tensor], generator: torch.Generator, vae_std: float) -> list[torch.Tensor]:
@@ -87,19 +110,24 @@ def sample_voice_latents(means: list[torch.Tensor], generator: torch.Generator, 
     return [m + (scale[i] * noise[i, :m.shape[0]]).to(m) for i, m in enumerate(means)]
 
 
-def prepare_prompt(runtime: Runtime, processor, request: SynthesisRequest, seed: int) -> PreparedPrompt:
-    """Prompt embeddings [L, H]: token embeddings with each voice placeholder replaced by its frame's embedding."""
+def embed_prompt(runtime: Runtime, inputs: PromptInputs, seed: int) -> PreparedPrompt:
+    """Prompt embeddings [L, H]: token embeddings with each voice placeholder replaced by its sampled frame's
+    embedding; the seed's generator draws the voice noise first, then the diffusion noise."""
     spec = runtime.spec
-    _, voice_order = conversation(request)
-    means = voice_mean_latents(runtime, request, voice_order)
-    ids = prompt_token_ids(processor, request, [m.shape[0] for m in means])
     generator = torch.Generator().manual_seed(seed)
+    means = [torch.as_tensor(m, dtype=runtime.dtype, device=runtime.device) for m in inputs.voice_latents]
     sampled = torch.cat(sample_voice_latents(means, generator, spec.vae_std))
-    ids_tensor = torch.tensor(ids, dtype=torch.long, device=runtime.device)
-    embeds = runtime.embed(ids_tensor).clone()
-    placeholders = (ids_tensor == spec.audio_token_id).nonzero().squeeze(1)
+    ids = torch.tensor(inputs.token_ids, dtype=torch.long, device=runtime.device)
+    embeds = runtime.embed(ids).clone()
+    placeholders = (ids == spec.audio_token_id).nonzero().squeeze(1)
     if placeholders.numel() != sampled.shape[0]:
         raise InvalidRequest(f"the prompt holds {placeholders.numel()} voice placeholders for {sampled.shape[0]} "
-                             "voice frames: the checkpoint's tokenizer splits the audio token")
+                             "voice frames")
     embeds[placeholders] = runtime.acoustic_connector((sampled + spec.latent_bias) * spec.latent_scale)
     return PreparedPrompt(embeds=embeds, generator=generator, seed=seed)
+
+
+def prepare_prompt(runtime: Runtime, processor, request: SynthesisRequest, seed: int) -> PreparedPrompt:
+    """A request's prompt, start to finish, in this process."""
+    inputs = prompt_inputs(processor, request, runtime.spec.latent_dim, lambda clips: encode_voices(runtime, clips))
+    return embed_prompt(runtime, inputs, seed)

@@ -14,6 +14,7 @@ from engine.prompt import prepare_prompt
 from engine.request import SynthesisRequest
 from engine.runtime import load_runtime
 from engine.runtime.base import Runtime
+from engine.scheduler import Job, StreamScheduler
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Synthesizer:
         self.runtime = runtime
         self.processor = processor
         self.engine = BatchEngine(runtime, settings)
+        self.scheduler = StreamScheduler(self.engine)
 
     @classmethod
     def load(cls, model: str, runtime: str = "auto", device: str | None = None,
@@ -40,24 +42,36 @@ class Synthesizer:
 
     def run(self, requests: Iterable[SynthesisRequest]) -> Iterator[tuple[int, int, FrameOutput]]:
         """Generate several requests with continuous batching: yields (request index, seed, frame output) as
-        frames are produced; a request starts as soon as a stream slot is free."""
-        waiting = deque(enumerate(requests))
-        running: dict[int, tuple[int, int]] = {}  # stream id -> (request index, seed)
+        frames are produced; a request starts as soon as a stream slot is free. A request that cannot start raises."""
+        produced: deque[tuple[int, int, FrameOutput]] = deque()
+        failures: list[Exception] = []
+        jobs = []
+        for index, request in enumerate(requests):
+            seed = request.options.seed if request.options.seed is not None else secrets.randbits(63)
+
+            def emit(output, index=index, seed=seed):
+                produced.append((index, seed, output))
+
+            def prepare(request=request, seed=seed):
+                return prepare_prompt(self.runtime, self.processor, request, seed)
+
+            jobs.append(Job(prepare=prepare, options=request.options, emit=emit, fail=failures.append))
+        for job in jobs:
+            self.scheduler.submit(job)
+        unfinished = len(jobs)
         try:
-            while waiting or running:
-                while waiting and self.engine.free_slots:
-                    index, request = waiting.popleft()
-                    seed = request.options.seed if request.options.seed is not None else secrets.randbits(63)
-                    prompt = prepare_prompt(self.runtime, self.processor, request, seed)
-                    running[self.engine.add(prompt, request.options)] = (index, seed)
-                for output in self.engine.step():
-                    index, seed = running[output.stream_id]
-                    if output.finished:
-                        del running[output.stream_id]
-                    yield index, seed, output
-        finally:  # the consumer stopped early (or failed): free the slots it held
-            for stream_id in running:
-                self.engine.cancel(stream_id)
+            while unfinished:
+                self.scheduler.run_once()
+                if failures:
+                    raise failures[0]
+                while produced:
+                    item = produced.popleft()
+                    unfinished -= item[2].finished
+                    yield item
+        finally:  # the consumer stopped early (or a request failed): free everything this call holds
+            for job in jobs:
+                self.scheduler.cancel(job)
+            self.scheduler.reap()
 
     def stream(self, request: SynthesisRequest) -> Iterator[np.ndarray]:
         """The request's audio, one 3200-sample frame at a time."""

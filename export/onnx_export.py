@@ -5,7 +5,6 @@ preprocess/1/processor/ (tokenizer, chat template) and manifest.json, which engi
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 import warnings
@@ -24,9 +23,9 @@ from torch.export import Dim
 from engine.checkpoint import load_checkpoint
 from engine.config import HOP_SAMPLES
 from engine.network import DiffusionHeadStep, LanguageModelStep, StreamingConvStep, VoiceEncoder
-from engine.runtime import MANIFEST
 from engine.runtime.base import ModelSpec
-from engine.runtime.onnx_runtime import FORMAT_VERSION, PRECISIONS, PROCESSOR_DIR
+from engine.runtime.manifest import MANIFEST, PROCESSOR_DIR, write_manifest
+from engine.runtime.onnx_runtime import PRECISIONS
 
 OPSET = 18
 RELATIVE_TOLERANCE = {"fp32": 1e-4}  # per precision: max |onnx - torch| / max |torch|, per output
@@ -70,7 +69,7 @@ def export_onnx(checkpoint: str, out: str | Path, precision: str = "fp32", log=p
         components[graph.name] = _describe(graph, program, root)
     loaded.processor.save_pretrained(root / PROCESSOR_DIR)
     manifest = {
-        "format_version": FORMAT_VERSION,
+        "runtime": "onnxruntime",
         "precision": precision,
         "spec": spec.to_json(),
         "components": components,
@@ -80,7 +79,7 @@ def export_onnx(checkpoint: str, out: str | Path, precision: str = "fp32", log=p
         "versions": {**{package: version(package) for package in (
             "djz-vibevoice", "torch", "transformers", "onnx", "onnxscript", "onnxruntime")}, "opset": OPSET},
     }
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_manifest(root, manifest)
     log(f"exported {checkpoint} -> {root} ({precision}, {time.perf_counter() - started:.1f}s)")
     return root
 

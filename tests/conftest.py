@@ -3,7 +3,12 @@ import numpy as np
 import pytest
 
 from engine.checkpoint import make_checkpoint
+from engine.config import EngineSettings
 from export import onnx_export
+from export.triton_repository import ServingConfig, export_repository
+
+# The served test repository's engine: room for the 8-stream tests, short contexts to keep the KV cache small.
+SERVED_ENGINE = EngineSettings(max_streams=8, max_context=1024, default_max_frames=200)
 
 # Low enough that the tiny checkpoint's three largest graphs (~6 MB) go to external data: one export covers both.
 EXTERNAL_DATA_BYTES = 1_000_000
@@ -16,13 +21,23 @@ def tiny_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_repository(tiny_checkpoint, tmp_path_factory):
-    """(root, log lines) of the tiny checkpoint exported for onnxruntime."""
+    """(root, log lines) of the tiny checkpoint exported for onnxruntime: a complete Triton model repository."""
     lines = []
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", EXTERNAL_DATA_BYTES)
-        root = onnx_export.export_onnx(str(tiny_checkpoint), tmp_path_factory.mktemp("onnx") / "repository",
-                                       log=lines.append)
+        root = export_repository(str(tiny_checkpoint), tmp_path_factory.mktemp("onnx") / "repository",
+                                 serving=ServingConfig(engine=SERVED_ENGINE), log=lines.append)
     return root, lines
+
+
+@pytest.fixture(scope="session")
+def triton(tiny_repository):
+    """A real tritonserver serving the tiny repository, started once per test session on free ports."""
+    from djz.triton_server import TritonServer
+
+    server = TritonServer().start(tiny_repository[0], http_port=0, grpc_port=0, metrics_port=0)
+    yield server
+    server.stop()
 
 
 def synthetic_voice(seconds: float, pitch_hz: float, seed: int) -> np.ndarray:

@@ -7,36 +7,43 @@ import torch
 
 from engine.errors import RuntimeUnavailable
 from engine.runtime.base import ModelSpec, Runtime
+from engine.runtime.manifest import CHECKPOINT_DIR, is_exported_repository, read_manifest
 
 RUNTIMES = ("auto", "torch", "onnxruntime")
-MANIFEST = "manifest.json"
+TORCH_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def is_exported_repository(path: str | Path) -> bool:
-    return (Path(path) / MANIFEST).is_file()
-
-
-def load_runtime(model: str | Path, runtime: str = "auto", device: str | None = None) -> tuple[Runtime, object]:
-    """(runtime, processor) for a checkpoint (folder or hub id) or a repository written by `djz export`."""
+def load_runtime(model: str | Path, runtime: str = "auto", device: str | None = None,
+                 voice_encoder_only: bool = False) -> tuple[Runtime, object]:
+    """(runtime, processor) for a checkpoint (folder or hub id) or a repository written by `djz export`.
+    `voice_encoder_only` loads just what `encode_voice` needs (Triton's acoustic_encoder model)."""
     if runtime not in RUNTIMES:
         raise RuntimeUnavailable(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    precision = "fp32"
     if is_exported_repository(model):
-        if runtime == "torch":
-            raise RuntimeUnavailable(f"{model} is an exported repository (ONNX graphs only); point --model at the "
-                                     "checkpoint folder to use the torch runtime")
-        from engine.runtime.onnx_runtime import OnnxRuntime
+        manifest = read_manifest(model)
+        exported = manifest.get("runtime")
+        if runtime not in ("auto", exported):
+            raise RuntimeUnavailable(f"{model} was exported for the {exported} runtime; export it again with "
+                                     f"--runtime {runtime}, or use --runtime auto")
+        if exported == "onnxruntime":
+            from engine.runtime.onnx_runtime import GRAPHS, OnnxRuntime
 
-        rt = OnnxRuntime(model)
-        return rt, rt.processor
-    if runtime == "onnxruntime":
+            rt = OnnxRuntime(model, graphs=("acoustic_encoder",) if voice_encoder_only else GRAPHS)
+            return rt, rt.processor
+        checkpoint_ref, precision = manifest["checkpoint"], manifest["precision"]
+        model = Path(model) / checkpoint_ref if checkpoint_ref == CHECKPOINT_DIR else checkpoint_ref
+    elif runtime == "onnxruntime":
         raise RuntimeUnavailable(f"{model} is a checkpoint; the onnxruntime runtime needs an exported repository "
                                  f"(djz export --checkpoint {model} --out DIR --runtime onnxruntime)")
     from engine.checkpoint import load_checkpoint
     from engine.runtime.torch_runtime import TorchRuntime
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    checkpoint = load_checkpoint(model)
-    return TorchRuntime(checkpoint, device=device), checkpoint.processor
+    checkpoint = load_checkpoint(str(model))
+    rt = TorchRuntime(checkpoint, device=device, dtype=TORCH_PRECISIONS[precision],
+                      voice_encoder_only=voice_encoder_only)
+    return rt, checkpoint.processor
 
 
-__all__ = ["RUNTIMES", "ModelSpec", "Runtime", "load_runtime", "is_exported_repository"]
+__all__ = ["RUNTIMES", "TORCH_PRECISIONS", "ModelSpec", "Runtime", "load_runtime", "is_exported_repository"]

@@ -1,18 +1,15 @@
 """The onnxruntime runtime: the ONNX graphs of a repository written by `djz export`, run on CPU."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import onnxruntime as ort
 import torch
 
 from engine.errors import CheckpointError
-from engine.runtime import MANIFEST
 from engine.runtime.base import ModelSpec, Runtime
+from engine.runtime.manifest import MANIFEST, PROCESSOR_DIR, read_manifest
 
-FORMAT_VERSION = 1
-PROCESSOR_DIR = "preprocess/1/processor"
 PRECISIONS = ("fp32",)  # the repository precisions onnxruntime runs
 GRAPHS = ("token_embedding", "lm_step", "diffusion_head", "acoustic_connector", "semantic_connector",
           "acoustic_decoder", "semantic_encoder", "acoustic_encoder")
@@ -40,41 +37,37 @@ class OnnxGraph:
         return tuple(torch.from_numpy(array) for array in self.session.run(None, feeds))
 
 
-def read_manifest(root: Path) -> dict:
-    """The repository's manifest, checked for the format and precision this runtime reads."""
-    try:
-        manifest = json.loads((root / MANIFEST).read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{root}: {MANIFEST} cannot be read ({exc}); export the repository again") from exc
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{root}: {MANIFEST} has format version {manifest.get('format_version')!r}; this "
-                              f"engine reads version {FORMAT_VERSION} (export the repository again)")
+def check_manifest(root: Path, manifest: dict, graphs: tuple[str, ...]) -> None:
+    """Refuse a manifest this runtime cannot run, naming what is wrong."""
+    if manifest.get("runtime") != "onnxruntime":
+        raise CheckpointError(f"{root} was exported for the {manifest.get('runtime')} runtime, not onnxruntime")
     if manifest.get("precision") not in PRECISIONS:
         raise CheckpointError(f"{root}: exported at precision {manifest.get('precision')!r}; onnxruntime runs "
                               f"{', '.join(PRECISIONS)} repositories")
-    missing = [name for name in GRAPHS if name not in manifest.get("components", {})]
+    missing = [name for name in graphs if name not in manifest.get("components", {})]
     if missing:
         raise CheckpointError(f"{root}: {MANIFEST} lists no graph for {', '.join(missing)}")
-    return manifest
 
 
 class OnnxRuntime(Runtime):
     name = "onnxruntime"
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, graphs: tuple[str, ...] = GRAPHS):
+        """Open `graphs` of the repository at `path` (a subset serves a single piece, e.g. the voice encoder)."""
         from transformers import AutoProcessor
 
         self.path = Path(path)
         self.device = torch.device("cpu")
         self.dtype = torch.float32
         manifest = read_manifest(self.path)
+        check_manifest(self.path, manifest, graphs)
         self.spec = ModelSpec.from_json(manifest["spec"])
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # The frame loop alternates many short graph calls with torch work; spinning onnxruntime threads would
         # hold the cores that torch needs between calls (measured: 3x slower steps at 4 streams).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.graphs = {name: OnnxGraph(self.path, name, manifest["components"][name], options) for name in GRAPHS}
+        self.graphs = {name: OnnxGraph(self.path, name, manifest["components"][name], options) for name in graphs}
         processor_dir = self.path / PROCESSOR_DIR
         if not processor_dir.is_dir():
             raise CheckpointError(f"{self.path}: {PROCESSOR_DIR} is missing; export the repository again")

@@ -11,12 +11,18 @@ from engine.runtime.base import ModelSpec, Runtime
 class TorchRuntime(Runtime):
     name = "torch"
 
-    def __init__(self, checkpoint: Checkpoint, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(self, checkpoint: Checkpoint, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 voice_encoder_only: bool = False):
+        """`voice_encoder_only` moves just the acoustic encoder to `device`; only `encode_voice` may be called."""
         self.device = torch.device(device)
         self.dtype = dtype
-        model = checkpoint.model.to(self.device, dtype).eval()
+        model = checkpoint.model.eval()
         self.spec = ModelSpec.from_model(model)
         inner = model.model
+        if voice_encoder_only:
+            self._voice_encoder = VoiceEncoder(inner.audio_tower.encoder.to(self.device, dtype))
+            return
+        model.to(self.device, dtype)
         self._embed = inner.language_model.embed_tokens
         self._lm = LanguageModelStep(inner.language_model, model.lm_head, list(self.spec.token_ids))
         self._head = DiffusionHeadStep(inner.diffusion_head)

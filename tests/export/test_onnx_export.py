@@ -59,13 +59,12 @@ def test_repository_layout(repository, manifest):
     assert all((repository / path).is_file() for path in paths.values())
     processor = repository / "preprocess" / "1" / "processor"
     assert (processor / "tokenizer.json").is_file() and (processor / "chat_template.jinja").is_file()
-    assert not list(repository.rglob("config.pbtxt"))  # Triton configs come with their own issue
 
 
 def test_manifest_describes_model_and_export(tiny_checkpoint, manifest):
     model = load_checkpoint(tiny_checkpoint).model
     spec = ModelSpec.from_model(model)
-    assert manifest["format_version"] == 1 and manifest["precision"] == "fp32"
+    assert manifest["format_version"] == 2 and (manifest["runtime"], manifest["precision"]) == ("onnxruntime", "fp32")
     assert ModelSpec.from_json(manifest["spec"]) == spec
     source = manifest["source"]
     assert source["checkpoint"] == str(tiny_checkpoint) and source["model_type"] == "vibevoice"
