@@ -63,7 +63,7 @@ def cmd_synth(args) -> None:
     options = SynthesisOptions(cfg_scale=args.cfg, diffusion_steps=args.steps, seed=args.seed,
                                max_frames=args.max_frames, exact_frames=args.frames)
     request = SynthesisRequest(script, voices, options)
-    synth = Synthesizer.load(args.model, runtime=args.runtime)
+    synth = Synthesizer.load(args.model, runtime=args.runtime, precision=args.precision)
     chunks, seed, reason = [], None, None
     started = time.perf_counter()
     with tqdm(total=args.frames or args.max_frames, unit="frame", file=sys.stderr, desc="synthesising") as bar:
@@ -92,9 +92,11 @@ def cmd_bench(args) -> None:
     from engine.config import EngineSettings
     from engine.synthesizer import Synthesizer
 
-    synth = Synthesizer.load(args.model, runtime=args.runtime, settings=EngineSettings(max_streams=args.batch))
+    settings = EngineSettings(max_streams=args.batch, max_context=args.max_context,
+                              cuda_graphs=False if args.no_cuda_graphs else None)
+    synth = Synthesizer.load(args.model, runtime=args.runtime, settings=settings, precision=args.precision)
     result = run_bench(synth, frames=args.frames, streams=args.batch, voice_seconds=args.voice_seconds,
-                       steps=args.steps, cfg=args.cfg)
+                       steps=args.steps, cfg=args.cfg, cached_voice=args.cached_voice)
     row = result.as_dict()
     width = max(len(k) for k in row)
     for key, value in row.items():
@@ -112,7 +114,7 @@ def _read_text(path: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from engine.checkpoint import SIZES
     from engine.config import DEFAULT_CFG_SCALE, DEFAULT_DIFFUSION_STEPS, EngineSettings
-    from engine.runtime import RUNTIMES
+    from engine.runtime import PRECISIONS, RUNTIMES
     from export.triton_repository import EXPORT_RUNTIMES, TARGETS
 
     parser = argparse.ArgumentParser(prog="djz", description=__doc__)
@@ -144,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def generation_options(p):
         p.add_argument("--runtime", choices=RUNTIMES, default="auto")
+        p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                       help="torch runtime on a checkpoint: auto picks bf16 on CUDA, fp32 on CPU")
         p.add_argument("--cfg", type=float, default=DEFAULT_CFG_SCALE, help="classifier-free guidance scale")
         p.add_argument("--steps", type=int, default=DEFAULT_DIFFUSION_STEPS, help="diffusion steps per frame")
 
@@ -166,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=75, help="frames per stream (75 = 10 s of audio)")
     p.add_argument("--batch", type=int, default=1, help="concurrent streams")
     p.add_argument("--voice-seconds", type=float, default=10.0)
+    p.add_argument("--max-context", type=int, default=2048, help="KV cache length per stream")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="launch every kernel eagerly (for comparison)")
+    p.add_argument("--cached-voice", action="store_true", help="send the voice as latents encoded beforehand")
     p.set_defaults(run=cmd_bench)
 
     serve.add_parser(commands)

@@ -1,17 +1,23 @@
 """The frame loop: many requests advanced together, one batched step per frame, joining and leaving between steps.
 
-State lives in preallocated per-slot tensors (KV caches, streaming-conv caches, last hidden states), so a step
-gathers the active slots' rows and scatters results back. Each slot owns two KV rows: the prompt-conditioned
-(positive) context and the unconditional (negative) one that classifier-free guidance needs.
+State lives in preallocated per-slot tensors (KV caches, streaming-conv caches, last hidden states, lengths), and the
+active requests always hold the first slots (a leaving request's slot is refilled from the last one), so a step
+works on fixed-size prefixes of those tensors. Each slot owns two KV rows: the prompt-conditioned (positive)
+context and the unconditional (negative) one that classifier-free guidance needs.
 
-One frame, for all active slots at once:
+One frame, for all active slots at once and all on the device (`_frame`):
   1. pick each slot's token from the logits of its last LM step (only VibeVoice's four tokens are scored);
-  2. speech slots: batched diffusion solve -> latents -> streaming decoder -> 3200 samples -> streaming
-     semantic encoder; the next LM input is acoustic_connector(latent) + semantic_connector(semantic);
-     other tokens feed their token embedding; audio_bos restarts the negative context, audio_eos clears the
-     conv caches (a turn boundary), eos or a frame cap ends the request;
-  3. one batched LM step over the positive and negative rows of every continuing slot. The negative row is
-     speculative: it is only kept if the next token is speech, as in Microsoft's original loop.
+  2. batched diffusion solve -> latents -> streaming decoder -> 3200 samples -> streaming semantic encoder; the
+     next LM input is acoustic_connector(latent) + semantic_connector(semantic) where the token is speech, the
+     token's embedding otherwise; only speech slots keep their new conv caches, audio_eos clears them (a turn
+     boundary), audio_bos restarts the negative context;
+  3. one batched LM step over the positive and negative rows of every slot, written into the KV cache in place.
+     The negative row is speculative: it is only kept if the next token is speech, as in Microsoft's original loop.
+Then one copy of the tokens and audio to the host, which ends finished requests (eos, frame caps, context).
+
+Every shape in a frame is fixed by (slots, diffusion steps, attended context), so on CUDA each combination is
+captured once as a CUDA graph and replayed: a frame costs one launch and one host synchronisation. Slot counts and
+contexts are rounded up to powers of two; the padding slots compute on dead state and are ignored.
 """
 from __future__ import annotations
 
@@ -21,12 +27,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engine.config import EngineSettings
+from engine.config import HOP_SAMPLES, EngineSettings
 from engine.errors import InvalidRequest
 from engine.prompt import PreparedPrompt
-from engine.request import SynthesisOptions
+from engine.request import MAX_DIFFUSION_STEPS, SynthesisOptions
 from engine.runtime.base import Runtime
 from engine.sampler import schedule_table, solve
+
+CONTEXT_BUCKET = 256  # attended context is rounded up to a power-of-two multiple of this
+PREFILL_TOKENS = 16384  # joining prompts are prefilled together, up to this many (padded) tokens per LM call
 
 
 @dataclass
@@ -45,9 +54,14 @@ class _Slot:
     options: SynthesisOptions
     generator: torch.Generator
     frame_limit: int
-    positive_len: int             # tokens in the positive KV row
-    negative_len: int = 0         # committed tokens in the negative KV row
+    positive_len: int             # tokens in the positive KV row (the device holds the same count)
     steps: int = 0                # tokens generated: speech frames plus turn boundaries, as the original counts
+    noise: torch.Tensor | None = None  # drawn for the next speech frame, kept until one uses it
+
+
+def bucket(n: int, limit: int) -> int:
+    """The smallest power of two >= n, at most `limit`."""
+    return min(1 << max(n - 1, 0).bit_length(), limit)
 
 
 class BatchEngine:
@@ -60,157 +74,231 @@ class BatchEngine:
         kv_shape = (spec.num_layers, 2 * n, spec.kv_heads, settings.max_context, spec.head_dim)
         self._keys = torch.zeros(kv_shape, dtype=dt, device=dev)
         self._values = torch.zeros(kv_shape, dtype=dt, device=dev)
-        self._decoder_caches = [torch.zeros(n, c.channels, c.width, dtype=dt, device=dev) for c in spec.decoder_caches]
-        self._semantic_caches = [torch.zeros(n, c.channels, c.width, dtype=dt, device=dev)
-                                 for c in spec.semantic_caches]
+        self._caches = [torch.zeros(n, c.channels, c.width, dtype=dt, device=dev)
+                        for c in spec.decoder_caches + spec.semantic_caches]
+        self._decoder_count = len(spec.decoder_caches)
         self._positive_hidden = torch.zeros(n, spec.hidden_size, dtype=dt, device=dev)
         self._negative_hidden = torch.zeros(n, spec.hidden_size, dtype=dt, device=dev)
         self._logits = torch.zeros(n, len(spec.token_ids), dtype=dt, device=dev)
+        self._positive_len = torch.zeros(n, dtype=torch.long, device=dev)
+        self._negative_len = torch.zeros(n, dtype=torch.long, device=dev)
+        self._cfg = torch.ones(n, dtype=dt, device=dev)
+        self._exact = torch.zeros(n, dtype=torch.bool, device=dev)
+        self._table = torch.tensor(schedule_table([1] * n, width=MAX_DIFFUSION_STEPS), dtype=dt, device=dev)
+        self._noise = torch.zeros(n, spec.latent_dim, dtype=dt, device=dev)
+        self._tokens_out = torch.zeros(n, dtype=torch.long, device=dev)
+        self._audio_out = torch.zeros(n, HOP_SAMPLES, dtype=torch.float32, device=dev)
         self._token_ids = torch.tensor(spec.token_ids, device=dev)
         self._speech_choice = spec.token_ids.index(spec.audio_token_id)
-        self._slots: list[_Slot | None] = [None] * n
+        self._slots: list[_Slot] = []
         self._ids = itertools.count()
+        self._graphs: dict[tuple[int, int, int], torch.cuda.CUDAGraph] = {}
+        self.cuda_graphs = dev.type == "cuda" if settings.cuda_graphs is None else settings.cuda_graphs
+        if self.cuda_graphs:
+            self._pool = torch.cuda.graph_pool_handle()  # graphs never run concurrently: they share their memory
+            self._noise_host = torch.zeros(n, spec.latent_dim, dtype=dt).pin_memory()
+            self._tokens_host = torch.zeros(n, dtype=torch.long).pin_memory()
+            self._audio_host = torch.zeros(n, HOP_SAMPLES, dtype=torch.float32).pin_memory()
 
     @property
     def active(self) -> int:
-        return sum(s is not None for s in self._slots)
+        return len(self._slots)
 
     @property
     def free_slots(self) -> int:
         return self.settings.max_streams - self.active
 
-    def add(self, prompt: PreparedPrompt, options: SynthesisOptions) -> int:
-        """Start a request between steps (prefill of its prompt); returns its stream id."""
+    def check(self, prompt: PreparedPrompt) -> None:
+        """Refuse a prompt this engine cannot hold."""
         if prompt.length + 1 >= self.settings.max_context:
             raise InvalidRequest(f"the prompt is {prompt.length} tokens; this engine holds at most "
                                  f"{self.settings.max_context - 2} (shorten the script or the voice samples)")
-        try:
-            index = self._slots.index(None)
-        except ValueError:
-            raise RuntimeError("no free stream slot: check free_slots before add()") from None
-        spec = self.runtime.spec
-        self._prefill(2 * index, prompt.embeds[None])
-        bos = self.runtime.embed(torch.tensor([[spec.audio_bos_id]], device=self.runtime.device))
-        self._prefill(2 * index + 1, bos)
-        for cache in self._decoder_caches + self._semantic_caches:
-            cache[index].zero_()
-        limit = options.exact_frames or options.max_frames or self.settings.default_max_frames
-        slot = _Slot(stream_id=next(self._ids), options=options, generator=prompt.generator, frame_limit=limit,
-                     positive_len=prompt.length)
-        self._slots[index] = slot
-        return slot.stream_id
+
+    def add(self, prompt: PreparedPrompt, options: SynthesisOptions) -> int:
+        """Start a request between steps (prefill of its prompt); returns its stream id."""
+        return self.add_many([(prompt, options)])[0]
+
+    def add_many(self, requests: list[tuple[PreparedPrompt, SynthesisOptions]]) -> list[int]:
+        """Start several requests between steps, their prompts prefilled together; returns their stream ids."""
+        for prompt, _ in requests:
+            self.check(prompt)
+        if len(requests) > self.free_slots:
+            raise RuntimeError(f"{len(requests)} requests for {self.free_slots} free slots: check free_slots first")
+        first, spec = len(self._slots), self.runtime.spec
+        indices = range(first, first + len(requests))
+        self._prefill([2 * i for i in indices], [prompt.embeds for prompt, _ in requests])
+        bos = self.runtime.embed(torch.tensor([spec.audio_bos_id], device=self.runtime.device))
+        self._prefill([2 * i + 1 for i in indices], [bos] * len(requests))
+        ids = []
+        for index, (prompt, options) in zip(indices, requests):
+            for cache in self._caches:
+                cache[index].zero_()
+            self._positive_len[index] = prompt.length
+            self._negative_len[index] = 1
+            self._cfg[index] = options.cfg_scale
+            self._exact[index] = options.exact_frames is not None
+            self._table[index] = torch.tensor(schedule_table([options.diffusion_steps],
+                                                             width=MAX_DIFFUSION_STEPS)[0])
+            limit = options.exact_frames or options.max_frames or self.settings.default_max_frames
+            slot = _Slot(stream_id=next(self._ids), options=options, generator=prompt.generator,
+                         frame_limit=limit, positive_len=prompt.length)
+            self._slots.append(slot)
+            ids.append(slot.stream_id)
+        return ids
 
     def cancel(self, stream_id: int) -> bool:
         """Free a stream's slot now; it produces nothing more."""
-        for i, slot in enumerate(self._slots):
-            if slot is not None and slot.stream_id == stream_id:
-                self._slots[i] = None
+        for index, slot in enumerate(self._slots):
+            if slot.stream_id == stream_id:
+                self._remove(index)
                 return True
         return False
 
-    def _prefill(self, row: int, embeds: torch.Tensor) -> None:
-        """Run tokens [1, S, H] into KV row `row` from position 0 (the row's old content is dead), keeping the last
-        position's hidden state and logits."""
-        spec, dev = self.runtime.spec, self.runtime.device
-        length = embeds.shape[1]
-        empty = torch.zeros(spec.num_layers, 1, spec.kv_heads, 0, spec.head_dim, dtype=self.runtime.dtype, device=dev)
-        positions = torch.arange(length, device=dev)[None]
-        hidden, logits, keys, values = self.runtime.lm(embeds, positions, empty, empty,
-                                                       torch.zeros(1, 0, dtype=torch.bool, device=dev))
-        self._keys[:, row, :, :length] = keys[:, 0]
-        self._values[:, row, :, :length] = values[:, 0]
-        slot = row // 2
-        if row % 2 == 0:
-            self._positive_hidden[slot] = hidden[0, -1]
-            self._logits[slot] = logits[0, -1]
-        else:
-            self._negative_hidden[slot] = hidden[0, -1]
+    def _prefill(self, rows: list[int], prompts: list[torch.Tensor]) -> None:
+        """Run prompts ([length, H] each) into KV rows `rows` from position 0 (the rows' old content is dead), in
+        batches of at most PREFILL_TOKENS padded tokens, keeping each prompt's last hidden state and logits (for
+        positive rows). Prompts are right-padded: causal attention keeps the padding out of every real token."""
+        spec, dev, dt = self.runtime.spec, self.runtime.device, self.runtime.dtype
+        start = 0
+        while start < len(rows):
+            end = start + 1
+            while end < len(rows) and (end + 1 - start) * max(p.shape[0] for p in prompts[start:end + 1]) \
+                    <= PREFILL_TOKENS:
+                end += 1
+            group, lengths = prompts[start:end], [p.shape[0] for p in prompts[start:end]]
+            width = max(lengths)
+            embeds = torch.zeros(len(group), width, spec.hidden_size, dtype=dt, device=dev)
+            for i, prompt in enumerate(group):
+                embeds[i, :lengths[i]] = prompt
+            empty = torch.zeros(spec.num_layers, len(group), spec.kv_heads, 0, spec.head_dim, dtype=dt, device=dev)
+            positions = torch.arange(width, device=dev)[None].expand(len(group), width)
+            hidden, logits, keys, values = self.runtime.lm(embeds, positions, empty, empty,
+                                                           torch.zeros(len(group), 0, dtype=torch.bool, device=dev))
+            for i, (row, length) in enumerate(zip(rows[start:end], lengths)):
+                self._keys[:, row, :, :length] = keys[:, i, :, :length]
+                self._values[:, row, :, :length] = values[:, i, :, :length]
+                hidden_state = self._positive_hidden if row % 2 == 0 else self._negative_hidden
+                hidden_state[row // 2] = hidden[i, length - 1]
+                if row % 2 == 0:
+                    self._logits[row // 2] = logits[i, length - 1]
+            start = end
+
+    def _remove(self, index: int) -> None:
+        """Drop slot `index`; the last slot moves into it so that the active slots stay a prefix."""
+        last = len(self._slots) - 1
+        if index != last:
+            moved = self._slots[last]
+            used = max(moved.positive_len, 1) + 1  # the negative row is never longer than the positive one
+            for kv in (self._keys, self._values):
+                kv[:, 2 * index:2 * index + 2, :, :used] = kv[:, 2 * last:2 * last + 2, :, :used]
+            for state in (*self._caches, self._positive_hidden, self._negative_hidden, self._logits,
+                          self._positive_len, self._negative_len, self._cfg, self._exact, self._table):
+                state[index] = state[last]
+            self._slots[index] = moved
+        self._slots.pop()
 
     def step(self) -> list[FrameOutput]:
         """Advance every active stream by one frame."""
-        live = [i for i, s in enumerate(self._slots) if s is not None]
-        if not live:
+        n = len(self._slots)
+        if not n:
             return []
-        slots = [self._slots[i] for i in live]
-        live_t = torch.tensor(live, device=self.runtime.device)
-        choice = self._logits[live_t].argmax(-1)
-        for j, slot in enumerate(slots):
-            if slot.options.exact_frames is not None:
-                choice[j] = self._speech_choice
-        tokens = self._token_ids[choice].tolist()
         spec = self.runtime.spec
-        speech = [j for j, t in enumerate(tokens) if t == spec.audio_token_id]
-        next_embeds = self.runtime.embed(torch.tensor(tokens, device=self.runtime.device))
-        audio = {}
-        if speech:
-            for j in speech:
-                slots[j].negative_len += 1  # the speculative negative step of the last LM call is kept
-            next_embeds[speech], chunks = self._speech_frames([live[j] for j in speech], [slots[j] for j in speech])
-            audio = dict(zip(speech, chunks))
+        for slot in self._slots:  # a slot's noise is drawn once and kept until a speech frame uses it
+            if slot.noise is None:
+                slot.noise = torch.randn(2, spec.latent_dim, generator=slot.generator)[0]
+        steps = max(slot.options.diffusion_steps for slot in self._slots)
+        context = max(slot.positive_len for slot in self._slots) + 1
+        tokens, audio = self._run_frame(n, steps, context)
 
-        outputs, continuing = [], []
-        for j, (index, slot, token) in enumerate(zip(live, slots, tokens)):
-            finished, reason = False, None
+        outputs, finished = [], []
+        for index, (slot, token) in enumerate(zip(self._slots, tokens)):
+            speech = token == spec.audio_token_id
+            if speech:
+                slot.noise = None
             slot.steps += 1
+            slot.positive_len += 1
+            reason = None
             if slot.steps >= slot.frame_limit:
-                finished, reason = True, "exact_frames" if slot.options.exact_frames else "max_frames"
+                reason = "exact_frames" if slot.options.exact_frames else "max_frames"
             elif token == spec.eos_id:
-                finished, reason = True, "eos"
-            elif token == spec.audio_bos_id:
-                slot.negative_len = 1  # the negative context restarts at its audio_bos
-            elif token == spec.audio_eos_id:
-                for cache in self._decoder_caches + self._semantic_caches:
-                    cache[index].zero_()
-            if not finished and slot.positive_len + 1 >= self.settings.max_context:
-                finished, reason = True, "context"
-            outputs.append(FrameOutput(slot.stream_id, audio.get(j), finished, reason))
-            if finished:
-                self._slots[index] = None
-            else:
-                continuing.append(j)
-        if continuing:
-            self._lm_step([live[j] for j in continuing], next_embeds[continuing])
+                reason = "eos"
+            elif slot.positive_len + 1 >= self.settings.max_context:
+                reason = "context"
+            outputs.append(FrameOutput(slot.stream_id, audio[index].copy() if speech else None, reason is not None,
+                                       reason))
+            if reason:
+                finished.append(index)
+        for index in reversed(finished):
+            self._remove(index)
         return outputs
 
-    def _speech_frames(self, indices: list[int], slots: list[_Slot]) -> tuple[torch.Tensor, list[np.ndarray]]:
-        """Diffusion, decoder and semantic encoder for the slots that emit a speech frame this step."""
+    def _run_frame(self, n: int, steps: int, context: int) -> tuple[list[int], np.ndarray]:
+        """Run one frame over the first n slots: (tokens, audio [n, 3200] float32) on the host."""
+        noise = torch.stack([slot.noise for slot in self._slots])
+        if not self.cuda_graphs:
+            self._noise[:n] = noise.to(self._noise)
+            self._frame(n, steps, self._context_bucket(context))
+            return self._tokens_out[:n].tolist(), self._audio_out[:n].cpu().numpy()
+        key = (bucket(n, self.settings.max_streams), steps, self._context_bucket(context))
+        self._noise_host[:n] = noise
+        self._noise[:n].copy_(self._noise_host[:n], non_blocking=True)
+        graph = self._graphs.get(key)
+        if graph is None:
+            self._capture(*key)  # this frame runs eagerly, as the capture's warm-up
+        else:
+            graph.replay()
+        self._tokens_host[:n].copy_(self._tokens_out[:n], non_blocking=True)
+        self._audio_host[:n].copy_(self._audio_out[:n], non_blocking=True)
+        torch.cuda.current_stream().synchronize()
+        return self._tokens_host[:n].tolist(), self._audio_host[:n].numpy()
+
+    def _context_bucket(self, context: int) -> int:
+        needed = -(-context // CONTEXT_BUCKET)
+        return min(bucket(needed, self.settings.max_context) * CONTEXT_BUCKET, self.settings.max_context)
+
+    def _capture(self, slots: int, steps: int, context: int) -> None:
+        """Run this frame eagerly (lazy initialisation must not happen inside a capture), then capture it for
+        next time. Capturing records kernels without running them, so the state advances exactly once."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._frame(slots, steps, context)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            self._frame(slots, steps, context)
+        self._graphs[(slots, steps, context)] = graph
+
+    def _frame(self, n: int, steps: int, context: int) -> None:
+        """One frame for slots [0, n) on the device, in place: reads the slots' state, noise and options, writes
+        the new state, `_tokens_out` and `_audio_out`. No host synchronisation, no data-dependent shapes."""
         rt, spec = self.runtime, self.runtime.spec
-        idx = torch.tensor(indices, device=rt.device)
-        # Each request draws its own noise, in transformers' shape (a [2, D] normal whose first row is used).
-        noise = torch.stack([torch.randn(2, spec.latent_dim, generator=s.generator)[0] for s in slots])
-        cfg = torch.tensor([s.options.cfg_scale for s in slots], dtype=rt.dtype, device=rt.device)
-        table = torch.tensor(schedule_table([s.options.diffusion_steps for s in slots]), dtype=rt.dtype,
-                             device=rt.device)
-        latents = solve(rt.diffusion_head, noise.to(rt.device, rt.dtype), self._positive_hidden[idx],
-                        self._negative_hidden[idx], cfg, table)
-        decoded, *caches = rt.decode((latents / spec.latent_scale - spec.latent_bias)[:, :, None],
-                                     *(c[idx] for c in self._decoder_caches))
-        for cache, new in zip(self._decoder_caches, caches):
-            cache[idx] = new
-        semantic, *caches = rt.semantic(decoded, *(c[idx] for c in self._semantic_caches))
-        for cache, new in zip(self._semantic_caches, caches):
-            cache[idx] = new
-        embeds = rt.acoustic_connector(latents) + rt.semantic_connector(semantic[:, 0])
-        chunks = list(decoded[:, 0].float().cpu().numpy())
-        return embeds, chunks
+        choice = self._logits[:n].argmax(-1)
+        choice = torch.where(self._exact[:n], self._speech_choice, choice)
+        tokens = self._token_ids[choice]
+        speech = tokens == spec.audio_token_id
 
-    def _lm_step(self, indices: list[int], embeds: torch.Tensor) -> None:
-        """One LM step over the positive and (speculative) negative rows of the given slots."""
-        rt, dev = self.runtime, self.runtime.device
-        slots = [self._slots[i] for i in indices]
-        rows = torch.tensor([r for i in indices for r in (2 * i, 2 * i + 1)], device=dev)
-        lengths = torch.tensor([n for s in slots for n in (s.positive_len, s.negative_len)], device=dev)
-        past = int(lengths.max())
-        valid = torch.arange(past, device=dev)[None] < lengths[:, None]
-        hidden, logits, keys, values = rt.lm(embeds.repeat_interleave(2, dim=0)[:, None], lengths[:, None],
-                                             self._keys[:, rows, :, :past], self._values[:, rows, :, :past], valid)
-        # advanced indices on dims 1 and 3 put the row dimension first: [rows, layers, kv_heads, head_dim]
-        self._keys[:, rows, :, lengths] = keys[:, :, :, 0].transpose(0, 1)
-        self._values[:, rows, :, lengths] = values[:, :, :, 0].transpose(0, 1)
-        for s in slots:
-            s.positive_len += 1
-        idx = torch.tensor(indices, device=dev)
-        self._positive_hidden[idx] = hidden[0::2, 0]
-        self._negative_hidden[idx] = hidden[1::2, 0]
-        self._logits[idx] = logits[0::2, 0]
+        latents = solve(rt.diffusion_head, self._noise[:n], self._positive_hidden[:n], self._negative_hidden[:n],
+                        self._cfg[:n], self._table[:n, :steps])
+        caches = [cache[:n] for cache in self._caches]
+        decoded, *decoder_caches = rt.decode((latents / spec.latent_scale - spec.latent_bias)[:, :, None],
+                                             *caches[:self._decoder_count])
+        semantic, *semantic_caches = rt.semantic(decoded, *caches[self._decoder_count:])
+        keep, clear = speech[:, None, None], (tokens == spec.audio_eos_id)[:, None, None]
+        for cache, new in zip(caches, decoder_caches + semantic_caches):
+            cache.copy_(torch.where(keep, new, torch.where(clear, torch.zeros_like(cache), cache)))
+        speech_embeds = rt.acoustic_connector(latents) + rt.semantic_connector(semantic[:, 0])
+        embeds = torch.where(speech[:, None], speech_embeds, rt.embed(tokens))
 
+        positive, negative = self._positive_len[:n], self._negative_len[:n]
+        # the speculative negative step of the last LM call is kept for speech; audio_bos restarts the negative row
+        negative.copy_(torch.where(speech, negative + 1, torch.where(tokens == spec.audio_bos_id, 1, negative)))
+        positions = torch.stack([positive, negative], dim=1).reshape(-1).clamp(max=context - 1)
+        hidden, logits = rt.lm_cached(embeds.repeat_interleave(2, dim=0), positions, self._keys, self._values,
+                                      context)
+        positive.add_(1)
+        self._positive_hidden[:n] = hidden[0::2]
+        self._negative_hidden[:n] = hidden[1::2]
+        self._logits[:n] = logits[0::2]
+        self._tokens_out[:n] = tokens
+        self._audio_out[:n] = decoded[:, 0]

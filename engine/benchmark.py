@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from engine.config import HOP_SAMPLES, SAMPLE_RATE
+from engine.prompt import encode_voices
 from engine.request import SynthesisOptions, SynthesisRequest, Voice
 from engine.synthesizer import Synthesizer
 
@@ -36,9 +37,12 @@ def bench_voice(seconds: float) -> np.ndarray:
 
 
 def run_bench(synth: Synthesizer, frames: int, streams: int = 1, voice_seconds: float = 10.0,
-              steps: int = 10, cfg: float = 1.3) -> BenchResult:
-    """Time `streams` requests of exactly `frames` frames each, submitted together, after a short warm-up."""
+              steps: int = 10, cfg: float = 1.3, cached_voice: bool = False) -> BenchResult:
+    """Time `streams` requests of exactly `frames` frames each, submitted together, after a short warm-up.
+    `cached_voice` sends the voice as latents encoded beforehand, as a server with a voice cache does."""
     voice = Voice(audio=bench_voice(voice_seconds))
+    if cached_voice:
+        voice = Voice(latents=encode_voices(synth.runtime, [voice.audio])[0])
 
     def request(seed: int, length: int = frames) -> SynthesisRequest:
         return SynthesisRequest(BENCH_SCRIPT, {0: voice}, SynthesisOptions(cfg_scale=cfg, diffusion_steps=steps,

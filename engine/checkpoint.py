@@ -73,8 +73,8 @@ def config_for(size: str, vocab_size: int | None = None, special_ids: dict | Non
     raise CheckpointError(f"unknown checkpoint size {size!r}; expected one of {', '.join(SIZES)}")
 
 
-def make_checkpoint(size: str, out: str | Path, seed: int = 0) -> Path:
-    """Build a random-weight checkpoint saved like a released `-hf` one (model, processor, chat template)."""
+def random_checkpoint(size: str, seed: int = 0, device: str | torch.device = "cpu") -> Checkpoint:
+    """A random-weight model of `size` with its processor, built directly on `device` (fp32)."""
     from transformers import (VibeVoiceAcousticTokenizerFeatureExtractor, VibeVoiceForConditionalGeneration,
                               VibeVoiceProcessor)
 
@@ -87,19 +87,26 @@ def make_checkpoint(size: str, out: str | Path, seed: int = 0) -> Path:
         config = config_for(size)
         tokenizer = _byte_level_tokenizer([config.eos_token_id, config.audio_bos_token_id, config.audio_eos_token_id,
                                            config.audio_token_id])
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    model = VibeVoiceForConditionalGeneration(config).eval()
+    with torch.device(device):
+        model = VibeVoiceForConditionalGeneration(config).eval()
     if size == "tiny":
         _liven_tiny_weights(model)
     model.generation_config.noise_scheduler_class = "DPMSolverMultistepScheduler"
     model.generation_config.noise_scheduler_config = {"beta_schedule": "squaredcos_cap_v2",
                                                       "prediction_type": "v_prediction"}
-    model.save_pretrained(out)
     processor = VibeVoiceProcessor(feature_extractor=VibeVoiceAcousticTokenizerFeatureExtractor(),
                                    tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
-    processor.save_pretrained(out)
+    return Checkpoint(model=model, processor=processor, source=f"random {size} (seed {seed})")
+
+
+def make_checkpoint(size: str, out: str | Path, seed: int = 0) -> Path:
+    """Build a random-weight checkpoint saved like a released `-hf` one (model, processor, chat template)."""
+    checkpoint = random_checkpoint(size, seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint.model.save_pretrained(out)
+    checkpoint.processor.save_pretrained(out)
     return out
 
 

@@ -15,6 +15,7 @@ class EngineSettings:
     max_streams: int = 8            # requests advanced together in one batched step
     max_context: int = 8192         # prompt tokens + generated frames per request (KV cache length)
     default_max_frames: int = 4500  # 10 minutes of audio when a request sets no cap
+    cuda_graphs: bool | None = None  # replay captured frames on CUDA (None: wherever the runtime is on CUDA)
 
 
 DEFAULT_CFG_SCALE = 1.3

@@ -61,6 +61,67 @@ class LanguageModelStep(nn.Module):
         return hidden, logits, torch.stack(new_keys), torch.stack(new_values)
 
 
+class CachedLanguageModelStep(nn.Module):
+    """One new token per row, written into a static KV cache in place, attending over its first `context` positions.
+    Every shape is fixed for a given (rows, context), so a step can be captured in a CUDA graph.
+
+    embeds [R, H], positions [R], keys/values [layers, rows >= R, kv_heads, T, head_dim] -> hidden [R, H],
+    logits [R, V'] (the same outputs as LanguageModelStep for one new token). With `compile`, each decoder layer
+    runs as one torch.compile'd function of its weights (compiled once, shared by every layer, dynamic shapes).
+    """
+
+    def __init__(self, step: LanguageModelStep, compile: bool = False):
+        super().__init__()
+        self.step = step
+        self.layer_weights = [_layer_weights(layer) for layer in step.lm.layers]
+        self.layer = torch.compile(cached_decoder_layer, dynamic=True) if compile else cached_decoder_layer
+
+    def forward(self, embeds, positions, keys, values, context: int):
+        step, rows = self.step, embeds.shape[0]
+        hidden = embeds[:, None]
+        cos, sin = step.lm.rotary_emb(hidden, positions[:, None])
+        visible = torch.arange(context, device=embeds.device)[None] <= positions[:, None]  # [R, context]
+        slot = positions[:, None, None, None].expand(rows, step.kv_heads, 1, step.head_dim)
+        for i, weights in enumerate(self.layer_weights):
+            hidden = self.layer(hidden, weights, cos, sin, keys[i, :rows, :, :context],
+                                values[i, :rows, :, :context], slot, visible, step.heads, step.kv_heads)
+        hidden = step.lm.norm(hidden)[:, 0]
+        return hidden, hidden @ step.token_weight.T
+
+
+def _layer_weights(layer: nn.Module) -> dict:
+    attn, mlp = layer.self_attn, layer.mlp
+    return {"norm1": layer.input_layernorm.weight, "eps": layer.input_layernorm.variance_epsilon,
+            "q": (attn.q_proj.weight, attn.q_proj.bias), "k": (attn.k_proj.weight, attn.k_proj.bias),
+            "v": (attn.v_proj.weight, attn.v_proj.bias), "o": attn.o_proj.weight, "scaling": attn.scaling,
+            "norm2": layer.post_attention_layernorm.weight, "gate": mlp.gate_proj.weight, "up": mlp.up_proj.weight,
+            "down": mlp.down_proj.weight}
+
+
+def _rms_norm(x, weight, eps):
+    """Qwen2RMSNorm: normalised in float32, scaled in the input's dtype."""
+    x32 = x.float()
+    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def cached_decoder_layer(hidden, w, cos, sin, keys, values, slot, visible, heads: int, kv_heads: int):
+    """One Qwen2 decoder layer for one new token per row, as transformers computes it, writing its key and value
+    into `keys`/`values` [R, kv, context, d] at `slot` and attending over `visible` [R, context]."""
+    rows, head_dim = hidden.shape[0], keys.shape[-1]
+    x = _rms_norm(hidden, w["norm1"], w["eps"])
+    q = F.linear(x, *w["q"]).view(rows, 1, heads, head_dim).transpose(1, 2)
+    k = F.linear(x, *w["k"]).view(rows, 1, kv_heads, head_dim).transpose(1, 2)
+    v = F.linear(x, *w["v"]).view(rows, 1, kv_heads, head_dim).transpose(1, 2)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    keys.scatter_(2, slot, k)
+    values.scatter_(2, slot, v)
+    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None, None], scale=w["scaling"],
+                                         enable_gqa=True)
+    hidden = hidden + F.linear(out.transpose(1, 2).reshape(rows, 1, -1), w["o"])
+    x = _rms_norm(hidden, w["norm2"], w["eps"])
+    return hidden + F.linear(F.silu(F.linear(x, w["gate"])) * F.linear(x, w["up"]), w["down"])
+
+
 @dataclass(frozen=True)
 class ConvCacheSpec:
     """One causal convolution's left context: `channels` x `width` samples of its input."""

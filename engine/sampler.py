@@ -68,9 +68,10 @@ def schedule(steps: int) -> Schedule:
     return Schedule(timesteps=timesteps.astype(np.float64), alpha=alpha_t[:-1], sigma=sigma_t[:-1], a=a, b=b, c=c)
 
 
-def schedule_table(step_counts: list[int]) -> np.ndarray:
-    """[rows, max_steps, 6] tables (t, alpha, sigma, a, b, c) for a batch; short rows end in identity steps."""
-    width = max(step_counts)
+def schedule_table(step_counts: list[int], width: int | None = None) -> np.ndarray:
+    """[rows, width, 6] tables (t, alpha, sigma, a, b, c) for a batch; short rows end in identity steps. The width
+    defaults to the largest step count."""
+    width = width or max(step_counts)
     table = np.zeros((len(step_counts), width, 6), dtype=np.float64)
     table[:, :, 3] = 1.0  # identity: x <- x
     for row, steps in enumerate(step_counts):

@@ -130,17 +130,30 @@ class StreamScheduler:
         return True
 
     def _admit(self) -> None:
-        while self.engine.free_slots:
+        """Start as many waiting jobs as there are free slots, their prompts prefilled together."""
+        ready = []
+        while len(ready) < self.engine.free_slots:
             with self._lock:
                 if not self._waiting:
                     break
                 job = self._waiting.popleft()
             try:
-                job.stream_id = self.engine.add(job.prepare(), job.options)
+                prompt = job.prepare()
+                self.engine.check(prompt)
             except Exception as exc:  # a bad request fails alone
                 job.fail(exc)
                 continue
-            self._running[job.stream_id] = job
+            ready.append((job, prompt))
+        if ready:
+            try:
+                ids = self.engine.add_many([(prompt, job.options) for job, prompt in ready])
+            except Exception as exc:  # e.g. out of memory for this prefill: these jobs fail, serving goes on
+                for job, _ in ready:
+                    job.fail(exc)
+                ready, ids = [], []
+            for (job, _), stream_id in zip(ready, ids):
+                job.stream_id = stream_id
+                self._running[stream_id] = job
         self._report()
 
     def _drop(self, stream_id: int) -> None:

@@ -11,15 +11,27 @@ from engine.runtime.manifest import CHECKPOINT_DIR, is_exported_repository, read
 
 RUNTIMES = ("auto", "torch", "onnxruntime")
 TORCH_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = ("auto", *TORCH_PRECISIONS)
+
+
+def pick_precision(precision: str, device: str) -> str:
+    """`auto`: bf16 where the device computes it natively (CUDA), fp32 elsewhere."""
+    if precision not in PRECISIONS:
+        raise RuntimeUnavailable(f"unknown precision {precision!r}; the torch runtime runs {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    return "bf16" if torch.device(device).type == "cuda" else "fp32"
 
 
 def load_runtime(model: str | Path, runtime: str = "auto", device: str | None = None,
-                 voice_encoder_only: bool = False) -> tuple[Runtime, object]:
+                 voice_encoder_only: bool = False, precision: str = "auto") -> tuple[Runtime, object]:
     """(runtime, processor) for a checkpoint (folder or hub id) or a repository written by `djz export`.
-    `voice_encoder_only` loads just what `encode_voice` needs (Triton's acoustic_encoder model)."""
+    `voice_encoder_only` loads just what `encode_voice` needs (Triton's acoustic_encoder model). A repository
+    runs at the precision it was exported for; a checkpoint at `precision` (see pick_precision)."""
     if runtime not in RUNTIMES:
         raise RuntimeUnavailable(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
-    precision = "fp32"
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    precision = pick_precision(precision, device)
     if is_exported_repository(model):
         manifest = read_manifest(model)
         exported = manifest.get("runtime")
@@ -39,11 +51,10 @@ def load_runtime(model: str | Path, runtime: str = "auto", device: str | None = 
     from engine.checkpoint import load_checkpoint
     from engine.runtime.torch_runtime import TorchRuntime
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     checkpoint = load_checkpoint(str(model))
     rt = TorchRuntime(checkpoint, device=device, dtype=TORCH_PRECISIONS[precision],
                       voice_encoder_only=voice_encoder_only)
     return rt, checkpoint.processor
 
 
-__all__ = ["RUNTIMES", "TORCH_PRECISIONS", "ModelSpec", "Runtime", "load_runtime", "is_exported_repository"]
+__all__ = ["RUNTIMES", "PRECISIONS", "TORCH_PRECISIONS", "pick_precision", "ModelSpec", "Runtime", "load_runtime", "is_exported_repository"]

@@ -72,12 +72,28 @@ class Runtime:
     decode(latents [B,D,1], *caches) -> (audio [B,1,3200], *caches)
     semantic(audio [B,1,3200], *caches) -> (semantic [B,1,D'], *caches)
     encode_voice(audio [S,1,N]) -> mean latents [S,N/3200,D]
+    lm_cached(embeds [R,H], positions [R], keys, values [layers,rows,kv,T,d], context) -> hidden [R,H], logits [R,V']
+        one new token per row for the first R rows of a static KV cache, written in place at `positions`;
+        attention reads positions < `context` (> every position)
     """
 
     name: str
     spec: ModelSpec
     device: torch.device
     dtype: torch.dtype
+
+    def lm_cached(self, embeds, positions, keys, values, context: int):
+        """Through `lm` over the cache's live prefix (runtimes whose graphs cannot write in place)."""
+        rows = embeds.shape[0]
+        past = int(positions.max())
+        valid = torch.arange(past, device=self.device)[None] < positions[:, None]
+        hidden, logits, new_k, new_v = self.lm(embeds[:, None], positions[:, None], keys[:, :rows, :, :past],
+                                               values[:, :rows, :, :past], valid)
+        index = torch.arange(rows, device=self.device)
+        # advanced indices on dims 1 and 3 put the row dimension first: [rows, layers, kv_heads, head_dim]
+        keys[:, index, :, positions] = new_k[:, :, :, 0].transpose(0, 1)
+        values[:, index, :, positions] = new_v[:, :, :, 0].transpose(0, 1)
+        return hidden[:, 0], logits[:, 0]
 
     def describe(self) -> str:
         return f"{self.name} on {self.device} ({str(self.dtype).removeprefix('torch.')})"

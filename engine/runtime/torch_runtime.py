@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 
 from engine.checkpoint import Checkpoint
-from engine.network import DiffusionHeadStep, LanguageModelStep, StreamingConvStep, VoiceEncoder
+from engine.network import (CachedLanguageModelStep, DiffusionHeadStep, LanguageModelStep, StreamingConvStep,
+                            VoiceEncoder)
 from engine.runtime.base import ModelSpec, Runtime
 
 
@@ -12,8 +13,10 @@ class TorchRuntime(Runtime):
     name = "torch"
 
     def __init__(self, checkpoint: Checkpoint, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 voice_encoder_only: bool = False):
-        """`voice_encoder_only` moves just the acoustic encoder to `device`; only `encode_voice` may be called."""
+                 voice_encoder_only: bool = False, compile: bool = False):
+        """`voice_encoder_only` moves just the acoustic encoder to `device`; only `encode_voice` may be called.
+        `compile` runs the frame's pieces (LM layers, diffusion head, streaming decoder and semantic encoder)
+        through torch.compile, with dynamic shapes so that one compilation serves every batch size."""
         self.device = torch.device(device)
         self.dtype = dtype
         model = checkpoint.model.eval()
@@ -23,14 +26,20 @@ class TorchRuntime(Runtime):
             self._voice_encoder = VoiceEncoder(inner.audio_tower.encoder.to(self.device, dtype))
             return
         model.to(self.device, dtype)
+        if self.device.type == "cuda":  # the streaming convolutions' shapes are fixed: let cuDNN pick per shape
+            torch.backends.cudnn.benchmark = True
         self._embed = inner.language_model.embed_tokens
         self._lm = LanguageModelStep(inner.language_model, model.lm_head, list(self.spec.token_ids))
+        self._lm_cached = CachedLanguageModelStep(self._lm, compile=compile)
         self._head = DiffusionHeadStep(inner.diffusion_head)
         self._acoustic_connector = inner.multi_modal_projector
         self._semantic_connector = inner.semantic_connector
         self._decoder = StreamingConvStep(inner.audio_tower.decoder, "audio")
         self._semantic = StreamingConvStep(inner.semantic_tokenizer_encoder, "latents")
         self._voice_encoder = VoiceEncoder(inner.audio_tower.encoder)
+        if compile:
+            self._head, self._decoder, self._semantic = (torch.compile(module, dynamic=True)
+                                                         for module in (self._head, self._decoder, self._semantic))
 
     @torch.no_grad()
     def embed(self, ids):
@@ -39,6 +48,10 @@ class TorchRuntime(Runtime):
     @torch.no_grad()
     def lm(self, embeds, positions, past_k, past_v, past_valid):
         return self._lm(embeds, positions, past_k, past_v, past_valid)
+
+    @torch.no_grad()
+    def lm_cached(self, embeds, positions, keys, values, context):
+        return self._lm_cached(embeds, positions, keys, values, context)
 
     @torch.no_grad()
     def diffusion_head(self, noisy, timesteps, condition):

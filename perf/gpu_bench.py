@@ -1,0 +1,209 @@
+"""The engine on a GPU against transformers' generate(), on the same inputs, in one run.
+
+    python perf/gpu_bench.py --size 1.5B --frames 75 --streams 1 8 32 64 --json OUT.json
+
+Builds the random-weight model directly on the GPU, then measures with exactly --frames frames per request (10 s
+voice prompt, 10 diffusion steps, cfg 1.3):
+  - fp32 eager engine: the quality reference;
+  - transformers' generate() in bf16 (the model's own loop), and our engine in bf16 eager and with CUDA graphs:
+    ms per frame, RTF and relative error / SNR of the audio against the fp32 reference;
+  - first audio with the voice's latents cached, and the engine's readiness (graph captures included);
+  - a concurrency sweep with CUDA graphs (voices as cached latents, as a server with a voice cache sends them):
+    aggregate audio seconds per wall second and first audio per stream.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from engine.benchmark import BENCH_SCRIPT, bench_voice, run_bench
+from engine.checkpoint import random_checkpoint
+from engine.config import HOP_SAMPLES, SAMPLE_RATE, EngineSettings
+from engine.prompt import conversation, encode_voices
+from engine.request import SynthesisOptions, SynthesisRequest, Voice
+from engine.runtime.torch_runtime import TorchRuntime
+from engine.synthesizer import Synthesizer
+
+
+def quality(audio: np.ndarray, reference: np.ndarray) -> dict:
+    """Max relative error and SNR over the clip, and the relative error of the first frame alone: with random
+    weights the loop feeds every difference back, so later frames drift apart at any precision."""
+    def relative(a, b):
+        return float(np.abs(a - b).max() / np.abs(b).max())
+
+    error = audio - reference
+    return {"rel_error": relative(audio, reference), "first_frame_rel_error": relative(audio[:HOP_SAMPLES],
+                                                                                   reference[:HOP_SAMPLES]),
+            "snr_db": float(10 * np.log10(np.sum(reference**2) / max(np.sum(error**2), 1e-30)))}
+
+
+def timed_synthesis(synth: Synthesizer, request: SynthesisRequest) -> tuple[np.ndarray, float]:
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    result = synth.synthesize(request)
+    return result.audio, time.perf_counter() - started
+
+
+def transformers_generate(checkpoint, request: SynthesisRequest, voice: np.ndarray) -> tuple[np.ndarray, float]:
+    """transformers' own loop on the same prompt, seed and forced frames (as tests/engine/reference.py)."""
+    model, processor, options = checkpoint.model, checkpoint.processor, request.options
+    messages, _ = conversation(request)
+    text = processor.apply_chat_template(messages, tokenize=False)
+    inputs = processor(text=text, audio=[voice], sampling_rate=SAMPLE_RATE, return_tensors="pt").to("cuda")
+    inputs["input_values"] = inputs["input_values"].to(torch.bfloat16)
+    cfg = model.config
+
+    def generate(frames):
+        torch.manual_seed(options.seed)
+        with torch.no_grad():
+            return model.generate(**inputs, max_new_tokens=frames, min_new_tokens=frames, do_sample=False,
+                                  suppress_tokens=[cfg.audio_bos_token_id, cfg.audio_eos_token_id],
+                                  num_diffusion_steps=options.diffusion_steps, guidance_scale=options.cfg_scale,
+                                  return_dict_in_generate=True)
+
+    generate(4)  # warm-up
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    out = generate(options.exact_frames)
+    torch.cuda.synchronize()
+    return out.audio[0].reshape(-1).float().cpu().numpy(), time.perf_counter() - started
+
+
+def speed(seconds: float, frames: int) -> dict:
+    return {"ms_per_frame": 1000 * seconds / frames, "rtf": seconds / (frames * HOP_SAMPLES / SAMPLE_RATE)}
+
+
+def show(name: str, row: dict) -> None:
+    print(f"{name:<34}{row['ms_per_frame']:>10.2f}{row['rtf']:>8.4f}{row.get('rel_error', 0):>10.2e}"
+          f"{row.get('first_frame_rel_error', 0):>10.2e}{row.get('snr_db', float('inf')):>8.1f}", flush=True)
+
+
+def frame_errors(audio: np.ndarray, reference: np.ndarray, frames: int = 5) -> list[float]:
+    """Relative error of each of the first frames: where two runs start to drift apart."""
+    return [float(np.abs(audio[i * HOP_SAMPLES:(i + 1) * HOP_SAMPLES] - reference[i * HOP_SAMPLES:(i + 1) * HOP_SAMPLES]
+                         ).max() / np.abs(reference[i * HOP_SAMPLES:(i + 1) * HOP_SAMPLES]).max()) for i in range(frames)]
+
+
+def first_audio_ms(synth: Synthesizer, request: SynthesisRequest) -> float:
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    frames = synth.stream(request)
+    next(frames)
+    elapsed = time.perf_counter() - started
+    frames.close()
+    return 1000 * elapsed
+
+
+def print_sweep(report: dict) -> None:
+    print(f"{'streams':>8}{'ms/step':>10}{'RTF/stream':>12}{'audio s/s':>11}{'first audio':>13}")
+    for row in report["sweep"]:
+        print(f"{row['streams']:>8}{row['ms_per_frame']:>10.2f}{row['rtf']:>12.4f}"
+              f"{row['aggregate_audio_per_second']:>11.1f}{row['first_audio_ms']:>10.0f} ms", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="1.5B")
+    parser.add_argument("--frames", type=int, default=75)
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--max-context", type=int, default=2048)
+    parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="also measure graphs over torch.compile'd pieces")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    report: dict = {"size": args.size, "frames": args.frames, "gpu": torch.cuda.get_device_name(),
+                    "torch": torch.__version__}
+
+    started = time.perf_counter()
+    checkpoint = random_checkpoint(args.size, seed=0, device="cuda")
+    report["build_s"] = time.perf_counter() - started
+    voice = bench_voice(10.0)
+    options = SynthesisOptions(seed=1, exact_frames=args.frames)
+    request = SynthesisRequest(BENCH_SCRIPT, {0: Voice(audio=voice)}, options)
+    eager = EngineSettings(max_streams=1, max_context=args.max_context, cuda_graphs=False)
+
+    fp32 = Synthesizer(TorchRuntime(checkpoint, "cuda", torch.float32), checkpoint.processor, eager)
+    timed_synthesis(fp32, SynthesisRequest(BENCH_SCRIPT, {0: Voice(audio=voice)}, SynthesisOptions(seed=1,
+                                                                                               exact_frames=2)))
+    reference, seconds = timed_synthesis(fp32, request)
+    rows = {"engine fp32 eager": speed(seconds, args.frames)}
+    print(f"{args.size} on {report['gpu']}, {args.frames} frames, 10 diffusion steps, cfg 1.3")
+    print(f"{'':<34}{'ms/frame':>10}{'RTF':>8}{'rel err':>10}{'frame 1':>10}{'SNR dB':>8}")
+    show("engine fp32 eager", rows["engine fp32 eager"])
+    del fp32
+
+    runtime = TorchRuntime(checkpoint, "cuda", torch.bfloat16)  # converts the model in place
+    if not args.skip_transformers:
+        audio, seconds = transformers_generate(checkpoint, request, voice)
+        rows["transformers bf16"] = {**speed(seconds, args.frames), **quality(audio, reference)}
+        show("transformers bf16", rows["transformers bf16"])
+
+    bf16 = Synthesizer(runtime, checkpoint.processor, eager)
+    timed_synthesis(bf16, request)
+    eager_audio, seconds = timed_synthesis(bf16, request)
+    rows["engine bf16 eager"] = {**speed(seconds, args.frames), **quality(eager_audio, reference)}
+    show("engine bf16 eager", rows["engine bf16 eager"])
+    del bf16
+
+    graphs = Synthesizer(runtime, checkpoint.processor,
+                         EngineSettings(max_streams=max(args.streams), max_context=args.max_context))
+    started = time.perf_counter()
+    timed_synthesis(graphs, request)  # captures this request's graphs
+    report["first_request_with_captures_s"] = time.perf_counter() - started
+    audio, seconds = timed_synthesis(graphs, request)
+    rows["engine bf16 cuda graphs"] = {**speed(seconds, args.frames), **quality(audio, reference),
+                                       "first_frames_vs_bf16_eager": frame_errors(audio, eager_audio)}
+    show("engine bf16 cuda graphs", rows["engine bf16 cuda graphs"])
+    print("cuda graphs against bf16 eager, first frames:",
+          " ".join(f"{e:.1e}" for e in rows["engine bf16 cuda graphs"]["first_frames_vs_bf16_eager"]), flush=True)
+    report["single_stream"] = rows
+
+    latents = encode_voices(runtime, [voice])[0]
+    cached = SynthesisRequest(BENCH_SCRIPT, {0: Voice(latents=latents)}, options)
+    first_audio_ms(graphs, cached)
+    report["first_audio_cached_ms"] = first_audio_ms(graphs, cached)
+
+    sweep = []
+    for streams in args.streams:
+        run_bench(graphs, frames=args.frames, streams=streams, cached_voice=True)  # captures the level's graphs
+        sweep.append(run_bench(graphs, frames=args.frames, streams=streams, cached_voice=True).as_dict())
+    report["sweep"] = sweep
+    report["graphs_captured"] = len(graphs.engine._graphs)
+    report["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    print_sweep(report)
+    if args.compile:
+        del graphs
+        started = time.perf_counter()
+        compiled_runtime = TorchRuntime(checkpoint, "cuda", torch.bfloat16, compile=True)
+        compiled = Synthesizer(compiled_runtime, checkpoint.processor,
+                               EngineSettings(max_streams=max(args.streams), max_context=args.max_context))
+        timed_synthesis(compiled, request)
+        report["compile_ready_s"] = time.perf_counter() - started
+        audio, seconds = timed_synthesis(compiled, request)
+        row = {**speed(seconds, args.frames), **quality(audio, reference),
+               "first_frames_vs_bf16_eager": frame_errors(audio, eager_audio)}
+        rows["engine bf16 cuda graphs + compile"] = row
+        show("engine bf16 cuda graphs + compile", row)
+        print(f"ready after compilation and captures: {report['compile_ready_s']:.1f} s", flush=True)
+        report["compiled_sweep"] = [run_bench(compiled, frames=args.frames, streams=s, cached_voice=True).as_dict()
+                                    for s in args.streams for _ in range(2)][1::2]
+        print_sweep({"sweep": report["compiled_sweep"]})
+    baseline = rows.get("transformers bf16", rows["engine fp32 eager"])["ms_per_frame"]
+    for row in rows.values():
+        row["speedup"] = baseline / row["ms_per_frame"]
+    print("speed-up over " + ("transformers bf16" if "transformers bf16" in rows else "fp32 eager") + ": " +
+          ", ".join(f"{name} {row['speedup']:.1f}x" for name, row in rows.items()))
+
+    print(f"first audio, latents cached: {report['first_audio_cached_ms']:.0f} ms; first request with captures: "
+          f"{report['first_request_with_captures_s']:.1f} s; build {report['build_s']:.1f} s")
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(report, out, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Where a captured frame's time goes: each piece of the frame captured as its own CUDA graph and replayed.
+
+    python perf/profile_frame.py --size 1.5B --slots 1 64
+
+Times are GPU times of graph replays (no launch overhead), bf16, random weights, attended context 512.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from engine.checkpoint import random_checkpoint
+from engine.config import HOP_SAMPLES
+from engine.runtime.torch_runtime import TorchRuntime
+from engine.sampler import schedule_table, solve
+
+
+def replay_ms(fn, repeats: int = 50) -> float:
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    graph.replay()
+    start.record()
+    for _ in range(repeats):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="1.5B")
+    parser.add_argument("--slots", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--context", type=int, default=512)
+    args = parser.parse_args()
+    checkpoint = random_checkpoint(args.size, device="cuda")
+    rt = TorchRuntime(checkpoint, "cuda", torch.bfloat16)
+    spec, dt = rt.spec, torch.bfloat16
+    print(f"{args.size}, bf16, context {args.context}: ms per replay")
+    for n in args.slots:
+        keys = torch.randn(spec.num_layers, 2 * n, spec.kv_heads, args.context, spec.head_dim, dtype=dt,
+                           device="cuda")
+        values = torch.randn_like(keys)
+        embeds = torch.randn(2 * n, spec.hidden_size, dtype=dt, device="cuda")
+        positions = torch.full((2 * n,), args.context // 2, device="cuda")
+        hidden = torch.randn(n, spec.hidden_size, dtype=dt, device="cuda")
+        noise = torch.randn(n, spec.latent_dim, dtype=dt, device="cuda")
+        cfg = torch.full((n,), 1.3, dtype=dt, device="cuda")
+        table = torch.tensor(schedule_table([10] * n), dtype=dt, device="cuda")
+        latents = torch.randn(n, spec.latent_dim, 1, dtype=dt, device="cuda")
+        audio = torch.randn(n, 1, HOP_SAMPLES, dtype=dt, device="cuda")
+        decoder = [torch.zeros(n, c.channels, c.width, dtype=dt, device="cuda") for c in spec.decoder_caches]
+        semantic = [torch.zeros(n, c.channels, c.width, dtype=dt, device="cuda") for c in spec.semantic_caches]
+        parts = {
+            "lm step (pos+neg rows)": lambda: rt.lm_cached(embeds, positions, keys, values, args.context),
+            "diffusion solve (10 steps)": lambda: solve(rt.diffusion_head, noise, hidden, hidden, cfg, table),
+            "acoustic decoder": lambda: rt.decode(latents, *decoder),
+            "semantic encoder": lambda: rt.semantic(audio, *semantic),
+            "connectors + embed": lambda: rt.acoustic_connector(noise) + rt.semantic_connector(
+                torch.zeros(n, spec.semantic_dim, dtype=dt, device="cuda")),
+        }
+        times = {name: replay_ms(fn) for name, fn in parts.items()}
+        print(f"slots {n}: " + ", ".join(f"{name} {ms:.2f}" for name, ms in times.items())
+              + f"; sum {sum(times.values()):.2f}")
+
+
+if __name__ == "__main__":
+    main()

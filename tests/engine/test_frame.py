@@ -1,0 +1,101 @@
+"""The pieces that make a frame capturable, checked on CPU: bucket sizes, padded frames, the in-place KV step, and
+slot compaction when a stream leaves from the middle."""
+import numpy as np
+import pytest
+import torch
+
+from engine.batch import CONTEXT_BUCKET, BatchEngine, bucket
+from engine.config import EngineSettings
+from engine.prompt import prepare_prompt
+from engine.request import SynthesisOptions, SynthesisRequest, Voice
+from engine.runtime import load_runtime
+from engine.runtime.base import Runtime
+
+SCRIPT = "Speaker 0: Buckets, padding and compaction."
+
+
+@pytest.fixture(scope="module")
+def model(tiny_checkpoint):
+    return load_runtime(str(tiny_checkpoint), "torch", device="cpu")
+
+
+def add(engine, model, voice, seed, frames, **options):
+    runtime, processor = model
+    req = SynthesisRequest(SCRIPT, {0: Voice(audio=voice)}, SynthesisOptions(seed=seed, exact_frames=frames,
+                                                                             **options))
+    return engine.add(prepare_prompt(runtime, processor, req, seed), req.options)
+
+
+def test_buckets_are_powers_of_two_within_the_limit():
+    assert [bucket(n, 64) for n in (1, 2, 3, 5, 8, 9, 33, 64)] == [1, 2, 4, 8, 8, 16, 64, 64]
+    assert bucket(5, 6) == 6
+    engine_settings = EngineSettings(max_context=1024)
+    engine = BatchEngine.__new__(BatchEngine)
+    engine.settings = engine_settings
+    assert [engine._context_bucket(c) for c in (1, 256, 257, 700, 1024)] == [256, 256, 512, 1024, 1024]
+    assert CONTEXT_BUCKET == 256
+
+
+def test_a_padded_frame_leaves_the_live_slots_as_an_exact_frame_does(model, voices):
+    """CUDA graphs run frames over a power-of-two slot count: slots past the live ones must not change them."""
+    engines = []
+    for _ in range(2):
+        engine = BatchEngine(model[0], EngineSettings(max_streams=4, max_context=512))
+        for seed, (name, steps) in enumerate([("low", 10), ("high", 5), ("low", 7)]):
+            add(engine, model, voices[name], seed, 4, diffusion_steps=steps)
+        engine.step()  # give the slots a history, then one frame exact and one padded to 4 slots
+        for slot in engine._slots:
+            slot.noise = torch.randn(2, 64, generator=slot.generator)[0]
+        engine._noise[:3] = torch.stack([s.noise for s in engine._slots])
+        engines.append(engine)
+    context = engines[0]._context_bucket(max(s.positive_len for s in engines[0]._slots) + 1)
+    engines[0]._frame(3, 10, context)
+    engines[1]._frame(4, 10, context)
+    exact, padded = engines
+    torch.testing.assert_close(padded._audio_out[:3], exact._audio_out[:3], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(padded._tokens_out[:3], exact._tokens_out[:3])
+    for a, b in zip(live_state(exact, 3), live_state(padded, 3)):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)  # batch size changes matmul sums
+
+
+def live_state(engine, n):
+    return [engine._keys[:, :2 * n], engine._values[:, :2 * n], *(c[:n] for c in engine._caches),
+            engine._positive_hidden[:n], engine._negative_hidden[:n], engine._logits[:n],
+            engine._positive_len[:n], engine._negative_len[:n]]
+
+
+def test_in_place_kv_step_equals_the_step_over_a_copied_past(model):
+    runtime = model[0]
+    spec = runtime.spec
+    generator = torch.Generator().manual_seed(0)
+    shape = (spec.num_layers, 6, spec.kv_heads, 64, spec.head_dim)
+    keys, values = torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)
+    embeds = torch.randn(4, spec.hidden_size, generator=generator)
+    positions = torch.tensor([5, 17, 1, 30])
+    copies = keys.clone(), values.clone()
+    hidden, logits = runtime.lm_cached(embeds, positions, keys, values, 32)
+    expected_hidden, expected_logits = Runtime.lm_cached(runtime, embeds, positions, *copies, 32)
+    torch.testing.assert_close(hidden, expected_hidden, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(keys, copies[0], rtol=1e-5, atol=1e-5)  # the same positions written, nothing else
+    torch.testing.assert_close(values, copies[1], rtol=1e-5, atol=1e-5)
+
+
+def test_a_stream_leaving_from_the_middle_leaves_the_others_unchanged(model, voices):
+    """The last slot moves into the freed one, caches and all."""
+    def run(cancel_middle: bool) -> dict[int, np.ndarray]:
+        engine = BatchEngine(model[0], EngineSettings(max_streams=3, max_context=512))
+        ids = [add(engine, model, voices[name], seed, 6) for seed, name in enumerate(["low", "high", "low"])]
+        audio = {i: [] for i in ids}
+        for step in range(6):
+            if cancel_middle and step == 2:
+                assert engine.cancel(ids[1])
+            for output in engine.step():
+                audio[output.stream_id].append(output.audio)
+        return {i: np.concatenate(chunks) for i, chunks in audio.items() if chunks}
+
+    full, cut = run(False), run(True)
+    first, middle, last = sorted(full)
+    for stream in (first, last):
+        np.testing.assert_allclose(cut[stream], full[stream], rtol=0, atol=1e-5)  # batch of 2 vs 3: sum order
+    assert len(cut[middle]) == 2 * 3200
