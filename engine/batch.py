@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engine.config import HOP_SAMPLES, EngineSettings
+from engine.config import DEFAULT_DIFFUSION_STEPS, HOP_SAMPLES, EngineSettings
 from engine.errors import InvalidRequest
 from engine.prompt import PreparedPrompt
 from engine.request import MAX_DIFFUSION_STEPS, SynthesisOptions
@@ -108,6 +108,23 @@ class BatchEngine:
     def free_slots(self) -> int:
         return self.settings.max_streams - self.active
 
+    def warm_up(self, diffusion_steps: tuple[int, ...] = (DEFAULT_DIFFUSION_STEPS,)) -> int:
+        """Capture the CUDA graph of every slot and context bucket up front, so that no request waits for a
+        capture; returns how many were captured. Only while no request runs: the frames run on dead state."""
+        if not self.cuda_graphs:
+            return 0
+        if self._slots:
+            raise RuntimeError("warm_up() runs frames on the slots' state: call it before adding requests")
+        slots = sorted({bucket(n, self.settings.max_streams) for n in range(1, self.settings.max_streams + 1)})
+        contexts = sorted({self._context_bucket(c) for c in range(1, self.settings.max_context + 1, CONTEXT_BUCKET)})
+        for steps in diffusion_steps:
+            for n in slots:
+                for context in contexts:
+                    if (n, steps, context) not in self._graphs:
+                        self._capture(n, steps, context)
+        torch.cuda.synchronize()
+        return len(self._graphs)
+
     def check(self, prompt: PreparedPrompt) -> None:
         """Refuse a prompt this engine cannot hold."""
         if prompt.length + 1 >= self.settings.max_context:
@@ -134,7 +151,7 @@ class BatchEngine:
             for cache in self._caches:
                 cache[index].zero_()
             self._positive_len[index] = prompt.length
-            self._negative_len[index] = 1
+            self._negative_len[index] = 0  # the bos prefill is the first speculative negative step
             self._cfg[index] = options.cfg_scale
             self._exact[index] = options.exact_frames is not None
             self._table[index] = torch.tensor(schedule_table([options.diffusion_steps],

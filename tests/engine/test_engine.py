@@ -14,7 +14,7 @@ from engine.request import SynthesisOptions, SynthesisRequest, Voice
 from engine.runtime import load_runtime
 from engine.synthesizer import Synthesizer
 
-TOLERANCE = 1e-4  # max |ours - reference| / max |reference|
+TOLERANCE = 1e-5  # max |ours - reference| / max |reference| (measured ~1e-6; a wrong KV position gave 5e-5)
 
 
 def relative_error(ours: np.ndarray, reference: np.ndarray) -> float:

@@ -2,6 +2,7 @@
 loop running on its own thread; each frame's audio is sent as soon as it exists."""
 import json
 import secrets
+import time
 from pathlib import Path
 
 import numpy as np
