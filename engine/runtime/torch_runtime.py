@@ -26,8 +26,10 @@ class TorchRuntime(Runtime):
             self._voice_encoder = VoiceEncoder(inner.audio_tower.encoder.to(self.device, dtype))
             return
         model.to(self.device, dtype)
-        if self.device.type == "cuda":  # the streaming convolutions' shapes are fixed: let cuDNN pick per shape
-            torch.backends.cudnn.benchmark = True
+        if self.device.type == "cuda":
+            if self.device.index is not None:  # streams and graph captures follow the current device
+                torch.cuda.set_device(self.device)
+            torch.backends.cudnn.benchmark = True  # the streaming convolutions' shapes are fixed: pick per shape
         self._embed = inner.language_model.embed_tokens
         self._lm = LanguageModelStep(inner.language_model, model.lm_head, list(self.spec.token_ids))
         self._lm_cached = CachedLanguageModelStep(self._lm, compile=compile)
