@@ -41,8 +41,8 @@ def cmd_export(args) -> None:
     from engine.config import EngineSettings
     from export.triton_repository import ServingConfig, export_repository
 
-    serving = ServingConfig(target=args.target, engine=EngineSettings(max_streams=args.max_streams,
-                                                                      max_context=args.max_context))
+    serving = ServingConfig(target=args.target, compile=args.compile,
+                            engine=EngineSettings(max_streams=args.max_streams, max_context=args.max_context))
     export_repository(args.checkpoint, args.out, runtime=args.runtime, precision=args.precision, serving=serving)
 
 
@@ -94,7 +94,8 @@ def cmd_bench(args) -> None:
 
     settings = EngineSettings(max_streams=args.batch, max_context=args.max_context,
                               cuda_graphs=False if args.no_cuda_graphs else None)
-    synth = Synthesizer.load(args.model, runtime=args.runtime, settings=settings, precision=args.precision)
+    synth = Synthesizer.load(args.model, runtime=args.runtime, settings=settings, precision=args.precision,
+                             compile=args.compile)
     result = run_bench(synth, frames=args.frames, streams=args.batch, voice_seconds=args.voice_seconds,
                        steps=args.steps, cfg=args.cfg, cached_voice=args.cached_voice)
     row = result.as_dict()
@@ -142,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="streams the generator advances together")
     p.add_argument("--max-context", type=int, default=EngineSettings.max_context,
                    help="prompt tokens + generated frames per stream")
+    p.add_argument("--compile", action="store_true",
+                   help="torch runtime: the generator torch.compiles the frame's pieces at start (minutes)")
     p.set_defaults(run=cmd_export)
 
     def generation_options(p):
@@ -173,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-context", type=int, default=2048, help="KV cache length per stream")
     p.add_argument("--no-cuda-graphs", action="store_true", help="launch every kernel eagerly (for comparison)")
     p.add_argument("--cached-voice", action="store_true", help="send the voice as latents encoded beforehand")
+    p.add_argument("--compile", action="store_true", help="torch runtime: torch.compile the frame's pieces")
     p.set_defaults(run=cmd_bench)
 
     serve.add_parser(commands)

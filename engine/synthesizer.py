@@ -36,8 +36,9 @@ class Synthesizer:
 
     @classmethod
     def load(cls, model: str, runtime: str = "auto", device: str | None = None,
-             settings: EngineSettings = EngineSettings(), precision: str = "auto") -> "Synthesizer":
-        rt, processor = load_runtime(model, runtime, device, precision=precision)
+             settings: EngineSettings = EngineSettings(), precision: str = "auto",
+             compile: bool = False) -> "Synthesizer":
+        rt, processor = load_runtime(model, runtime, device, precision=precision, compile=compile)
         return cls(rt, processor, settings)
 
     def run(self, requests: Iterable[SynthesisRequest]) -> Iterator[tuple[int, int, FrameOutput]]:

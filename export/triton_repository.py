@@ -29,6 +29,7 @@ class ServingConfig:
     target: str = "cpu"
     engine: EngineSettings = EngineSettings()
     preprocess_instances: int = 2
+    compile: bool = False  # the torch generator compiles its frame pieces at start
 
     def fields(self, spec: ModelSpec) -> dict[str, str]:
         gpu = self.target == "gpu"
@@ -42,6 +43,7 @@ class ServingConfig:
             "max_streams": str(self.engine.max_streams),
             "max_context": str(self.engine.max_context),
             "default_max_frames": str(self.engine.default_max_frames),
+            "compile": str(int(self.compile)),
         }
 
 
@@ -52,8 +54,9 @@ def export_repository(checkpoint: str, out: str | Path, runtime: str = "onnxrunt
         raise EngineError(f"--runtime {runtime}: a repository can be exported for {', '.join(EXPORT_RUNTIMES)}")
     if serving.target not in TARGETS:
         raise EngineError(f"--target {serving.target}: choose one of {', '.join(TARGETS)}")
-    if runtime == "onnxruntime" and serving.target == "gpu":
-        raise EngineError("--target gpu needs --runtime torch: the onnxruntime repository runs on CPU")
+    if runtime == "onnxruntime" and (serving.target == "gpu" or serving.compile):
+        raise EngineError(f"--{'target gpu' if serving.target == 'gpu' else 'compile'} needs --runtime torch: the "
+                          "onnxruntime repository runs on CPU as exported")
     root = Path(out)
     if runtime == "onnxruntime":
         from export.onnx_export import export_onnx

@@ -24,10 +24,12 @@ def pick_precision(precision: str, device: str) -> str:
 
 
 def load_runtime(model: str | Path, runtime: str = "auto", device: str | None = None,
-                 voice_encoder_only: bool = False, precision: str = "auto") -> tuple[Runtime, object]:
+                 voice_encoder_only: bool = False, precision: str = "auto",
+                 compile: bool = False) -> tuple[Runtime, object]:
     """(runtime, processor) for a checkpoint (folder or hub id) or a repository written by `djz export`.
     `voice_encoder_only` loads just what `encode_voice` needs (Triton's acoustic_encoder model). A repository
-    runs at the precision it was exported for; a checkpoint at `precision` (see pick_precision)."""
+    runs at the precision it was exported for; a checkpoint at `precision` (see pick_precision). `compile`: the
+    torch runtime's frame pieces go through torch.compile (minutes of compilation, a faster frame)."""
     if runtime not in RUNTIMES:
         raise RuntimeUnavailable(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -53,7 +55,7 @@ def load_runtime(model: str | Path, runtime: str = "auto", device: str | None = 
 
     checkpoint = load_checkpoint(str(model))
     rt = TorchRuntime(checkpoint, device=device, dtype=TORCH_PRECISIONS[precision],
-                      voice_encoder_only=voice_encoder_only)
+                      voice_encoder_only=voice_encoder_only, compile=compile)
     return rt, checkpoint.processor
 
 

@@ -37,6 +37,7 @@ def test_cpu_repository_has_every_model_with_filled_configs(tiny_repository):
     assert "KIND_GPU" not in "".join(config(root, m) for m in MODELS)
     generator = config(root, "generator")
     assert 'key: "max_streams", value: { string_value: "8" }' in generator
+    assert 'key: "compile", value: { string_value: "0" }' in generator
     assert "decoupled: true" in generator and 'dims: [ -1, -1, 64 ]' in generator
     assert 'string_value: "numpy"' in config(root, "postprocess")
 
@@ -85,6 +86,7 @@ def test_a_repository_refuses_another_runtime(torch_repository, tiny_repository)
     ({"runtime": "tensorrt"}, "--runtime tensorrt: a repository can be exported for onnxruntime, torch"),
     ({"serving": ServingConfig(target="tpu")}, "--target tpu: choose one of cpu, gpu"),
     ({"serving": ServingConfig(target="gpu")}, "--target gpu needs --runtime torch"),
+    ({"serving": ServingConfig(compile=True)}, "--compile needs --runtime torch"),
     ({"runtime": "torch", "precision": "int4"}, "--precision int4: the torch runtime runs fp32, bf16, fp16"),
 ])
 def test_export_refuses_what_it_cannot_build(tiny_checkpoint, tmp_path, kwargs, message):

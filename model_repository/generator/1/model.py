@@ -61,10 +61,11 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         parameters = {key: int(value["string_value"]) for key, value in config["parameters"].items()}
+        compile = bool(parameters.pop("compile"))
         settings = EngineSettings(**parameters)
         gpu = args["model_instance_kind"] == "GPU"
         device = f"cuda:{args['model_instance_device_id']}" if gpu else "cpu"
-        self.runtime, _ = load_runtime(Path(args["model_repository"]).parent, device=device)
+        self.runtime, _ = load_runtime(Path(args["model_repository"]).parent, device=device, compile=compile)
         metrics = TritonMetrics({"instance": args["model_instance_name"], "runtime": self.runtime.name})
         self.cancelled = CancelBoard()
         self.scheduler = StreamScheduler(BatchEngine(self.runtime, settings), metrics)
