@@ -85,10 +85,14 @@ class StreamScheduler:
         poll = now - self._last_poll >= CANCEL_POLL_SECONDS
         if poll:
             self._last_poll = now
+        if poll:  # asked outside the lock: inside Triton each answer is an IPC round trip, and submit() waits on it
+            with self._lock:
+                waiting = list(self._waiting)
+            asked = {job for job in waiting if _asks_to_cancel(job)}
         with self._lock:
             cancelled, self._cancelled = self._cancelled, set()
             if poll:
-                cancelled |= {job for job in self._waiting if _asks_to_cancel(job)}
+                cancelled |= asked
             dropped = [j for j in self._waiting if j in cancelled]
             self._waiting = deque(j for j in self._waiting if j not in cancelled)
         for job in dropped:

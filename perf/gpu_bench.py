@@ -98,9 +98,9 @@ def first_audio_ms(synth: Synthesizer, request: SynthesisRequest) -> float:
     return 1000 * elapsed
 
 
-def print_sweep(report: dict) -> None:
+def print_sweep(rows: list[dict]) -> None:
     print(f"{'streams':>8}{'ms/step':>10}{'RTF/stream':>12}{'audio s/s':>11}{'first audio':>13}")
-    for row in report["sweep"]:
+    for row in rows:
         print(f"{row['streams']:>8}{row['ms_per_frame']:>10.2f}{row['rtf']:>12.4f}"
               f"{row['aggregate_audio_per_second']:>11.1f}{row['first_audio_ms']:>10.0f} ms", flush=True)
 
@@ -175,7 +175,7 @@ def main() -> None:
         sweep.append(run_bench(graphs, frames=args.frames, streams=streams, cached_voice=True).as_dict())
     report["sweep"] = sweep
     report["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    print_sweep(report)
+    print_sweep(sweep)
     if args.compile:
         del graphs
         started = time.perf_counter()
@@ -192,7 +192,7 @@ def main() -> None:
         print(f"ready after compilation and captures: {report['compile_ready_s']:.1f} s", flush=True)
         report["compiled_sweep"] = [run_bench(compiled, frames=args.frames, streams=s, cached_voice=True).as_dict()
                                     for s in args.streams for _ in range(2)][1::2]
-        print_sweep({"sweep": report["compiled_sweep"]})
+        print_sweep(report["compiled_sweep"])
     baseline = rows.get("transformers bf16", rows["engine fp32 eager"])["ms_per_frame"]
     for row in rows.values():
         row["speedup"] = baseline / row["ms_per_frame"]

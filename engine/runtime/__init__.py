@@ -33,7 +33,7 @@ def load_runtime(model: str | Path, runtime: str = "auto", device: str | None = 
     if runtime not in RUNTIMES:
         raise RuntimeUnavailable(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    precision = pick_precision(precision, device)
+    asked, precision = precision, pick_precision(precision, device)
     if is_exported_repository(model):
         manifest = read_manifest(model)
         exported = manifest.get("runtime")
@@ -46,6 +46,8 @@ def load_runtime(model: str | Path, runtime: str = "auto", device: str | None = 
             rt = OnnxRuntime(model, graphs=("acoustic_encoder",) if voice_encoder_only else GRAPHS)
             return rt, rt.processor
         checkpoint_ref, precision = manifest["checkpoint"], manifest["precision"]
+        if asked not in ("auto", precision):
+            raise RuntimeUnavailable(f"{model} was exported at {precision}; export it again with --precision {asked}")
         model = Path(model) / checkpoint_ref if checkpoint_ref == CHECKPOINT_DIR else checkpoint_ref
     elif runtime == "onnxruntime":
         raise RuntimeUnavailable(f"{model} is a checkpoint; the onnxruntime runtime needs an exported repository "
