@@ -115,7 +115,7 @@ def _read_text(path: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from engine.checkpoint import SIZES
     from engine.config import DEFAULT_CFG_SCALE, DEFAULT_DIFFUSION_STEPS, EngineSettings
-    from engine.runtime import PRECISIONS, RUNTIMES
+    from engine.runtime import PRECISIONS, RUNTIMES, TORCH_PRECISIONS
     from export.triton_repository import EXPORT_RUNTIMES, TARGETS
 
     parser = argparse.ArgumentParser(prog="djz", description=__doc__)
@@ -137,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--runtime", choices=EXPORT_RUNTIMES, default="onnxruntime",
                    help="onnxruntime: ONNX graphs for CPU serving; torch: the checkpoint, for GPU serving")
-    p.add_argument("--precision", default="fp32", help="onnxruntime: fp32; torch: fp32, bf16 or fp16")
+    p.add_argument("--precision", default="fp32",
+                   help=f"onnxruntime: fp32; torch: {', '.join(TORCH_PRECISIONS)} (recorded in the manifest; "
+                        "the generator loads the model at it)")
     p.add_argument("--target", choices=TARGETS, default="cpu", help="instance groups of the generated configs")
     p.add_argument("--max-streams", type=int, default=EngineSettings.max_streams,
                    help="streams the generator advances together")
@@ -150,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     def generation_options(p):
         p.add_argument("--runtime", choices=RUNTIMES, default="auto")
         p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                       help="torch runtime on a checkpoint: auto picks bf16 on CUDA, fp32 on CPU")
+                       help="torch runtime on a checkpoint: auto picks bf16 on CUDA, fp32 on CPU; fp8 and int8 store "
+                            "the LM layers' weights in 8 bits and compute in bf16 (fp8 matmuls on sm_89+ GPUs, "
+                            "emulated elsewhere)")
         p.add_argument("--cfg", type=float, default=DEFAULT_CFG_SCALE, help="classifier-free guidance scale")
         p.add_argument("--steps", type=int, default=DEFAULT_DIFFUSION_STEPS, help="diffusion steps per frame")
 

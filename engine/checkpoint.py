@@ -1,6 +1,7 @@
 """VibeVoice checkpoints: random-weight ones at tiny and released sizes, and loading a folder or hub id."""
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +125,22 @@ def _liven_tiny_weights(model) -> None:
                 param.fill_(0.5)
         model.model.latent_scaling_factor.fill_(0.8)
         model.model.latent_bias_factor.fill_(0.1)
+
+
+def checkpoint_fingerprint(path_or_id: str | Path) -> str:
+    """A short id of a checkpoint's content (a local folder's files, hashed) or of its hub id. Voice latents are
+    tied to it: latents from one model's acoustic encoder mean nothing to another."""
+    folder = Path(path_or_id)
+    digest = hashlib.sha256()
+    if not folder.is_dir():
+        digest.update(f"hub:{path_or_id}".encode())
+        return digest.hexdigest()[:16]
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(folder)).encode() + b"\0")
+        with open(file, "rb") as opened:
+            for block in iter(lambda: opened.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def is_original_layout(config_dict: dict) -> bool:

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
+from engine.quantize import linear, linear_params
+
 
 class LanguageModelStep(nn.Module):
     """Qwen2 over new tokens that attend to an explicit past.
@@ -90,12 +92,13 @@ class CachedLanguageModelStep(nn.Module):
 
 
 def _layer_weights(layer: nn.Module) -> dict:
+    """A decoder layer's tensors; each linear as `linear_params` (float or quantized weights alike)."""
     attn, mlp = layer.self_attn, layer.mlp
     return {"norm1": layer.input_layernorm.weight, "eps": layer.input_layernorm.variance_epsilon,
-            "q": (attn.q_proj.weight, attn.q_proj.bias), "k": (attn.k_proj.weight, attn.k_proj.bias),
-            "v": (attn.v_proj.weight, attn.v_proj.bias), "o": attn.o_proj.weight, "scaling": attn.scaling,
-            "norm2": layer.post_attention_layernorm.weight, "gate": mlp.gate_proj.weight, "up": mlp.up_proj.weight,
-            "down": mlp.down_proj.weight}
+            "q": linear_params(attn.q_proj), "k": linear_params(attn.k_proj), "v": linear_params(attn.v_proj),
+            "o": linear_params(attn.o_proj), "scaling": attn.scaling, "norm2": layer.post_attention_layernorm.weight,
+            "gate": linear_params(mlp.gate_proj), "up": linear_params(mlp.up_proj),
+            "down": linear_params(mlp.down_proj)}
 
 
 def _rms_norm(x, weight, eps):
@@ -109,17 +112,17 @@ def cached_decoder_layer(hidden, w, cos, sin, keys, values, slot, visible, heads
     into `keys`/`values` [R, kv, context, d] at `slot` and attending over `visible` [R, context]."""
     rows, head_dim = hidden.shape[0], keys.shape[-1]
     x = _rms_norm(hidden, w["norm1"], w["eps"])
-    q = F.linear(x, *w["q"]).view(rows, 1, heads, head_dim).transpose(1, 2)
-    k = F.linear(x, *w["k"]).view(rows, 1, kv_heads, head_dim).transpose(1, 2)
-    v = F.linear(x, *w["v"]).view(rows, 1, kv_heads, head_dim).transpose(1, 2)
+    q = linear(x, *w["q"]).view(rows, 1, heads, head_dim).transpose(1, 2)
+    k = linear(x, *w["k"]).view(rows, 1, kv_heads, head_dim).transpose(1, 2)
+    v = linear(x, *w["v"]).view(rows, 1, kv_heads, head_dim).transpose(1, 2)
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
     keys.scatter_(2, slot, k)
     values.scatter_(2, slot, v)
     out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None, None], scale=w["scaling"],
                                          enable_gqa=True)
-    hidden = hidden + F.linear(out.transpose(1, 2).reshape(rows, 1, -1), w["o"])
+    hidden = hidden + linear(out.transpose(1, 2).reshape(rows, 1, -1), *w["o"])
     x = _rms_norm(hidden, w["norm2"], w["eps"])
-    return hidden + F.linear(F.silu(F.linear(x, w["gate"])) * F.linear(x, w["up"]), w["down"])
+    return hidden + linear(F.silu(linear(x, *w["gate"])) * linear(x, *w["up"]), *w["down"])
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 fail or are cancelled. Driven step by step by one caller, or by its own thread (the Triton generator)."""
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -55,7 +56,7 @@ class StreamScheduler:
         self._waiting: deque[Job] = deque()
         self._cancelled: set[Job] = set()
         self._running: dict[int, Job] = {}  # stream id -> job
-        self._last_poll = 0.0
+        self._last_poll = -math.inf  # the first reap polls, however young the clock (perf_counter starts near boot)
         self._thread: threading.Thread | None = None
         self._stopping = False
 

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from string import Template
 
-from engine.checkpoint import load_checkpoint
+from engine.checkpoint import checkpoint_fingerprint, load_checkpoint
 from engine.config import EngineSettings
 from engine.errors import EngineError
 from engine.runtime import TORCH_PRECISIONS
@@ -31,9 +31,10 @@ class ServingConfig:
     preprocess_instances: int = 2
     compile: bool = False  # the torch generator compiles its frame pieces at start
 
-    def fields(self, spec: ModelSpec) -> dict[str, str]:
+    def fields(self, spec: ModelSpec, model_id: str) -> dict[str, str]:
         gpu = self.target == "gpu"
         return {
+            "model_id": model_id,
             "latent_dim": str(spec.latent_dim),
             "preprocess_instances": str(self.preprocess_instances),
             "model_kind": "KIND_GPU" if gpu else "KIND_CPU",
@@ -64,6 +65,9 @@ def export_repository(checkpoint: str, out: str | Path, runtime: str = "onnxrunt
         export_onnx(checkpoint, root, precision=precision, log=log)
     else:
         write_torch_artifacts(checkpoint, root, precision, log)
+    manifest = read_manifest(root)
+    manifest.pop("format_version")
+    write_manifest(root, {**manifest, "model_id": checkpoint_fingerprint(checkpoint)})
     write_model_configs(root, serving)
     log(f"Triton model repository ready: {root} ({runtime}, {serving.target}); serve it with "
         f"`djz serve --model-repository {root}`")
@@ -97,7 +101,8 @@ def write_model_configs(root: Path, serving: ServingConfig) -> None:
     """Fill every model's config template and copy its model.py; ensembles get their empty version folder."""
     if not TEMPLATES.is_dir():
         raise EngineError(f"the model_repository templates are missing ({TEMPLATES}); run djz from its source tree")
-    fields = serving.fields(ModelSpec.from_json(read_manifest(root)["spec"]))
+    manifest = read_manifest(root)
+    fields = serving.fields(ModelSpec.from_json(manifest["spec"]), manifest["model_id"])
     for model in MODELS:
         source, target = TEMPLATES / model, root / model
         (target / "1").mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """Runtime selection: the fastest runtime that the hardware and the model's artifacts allow, or the one asked for."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -10,12 +11,30 @@ from engine.runtime.base import ModelSpec, Runtime
 from engine.runtime.manifest import CHECKPOINT_DIR, is_exported_repository, read_manifest
 
 RUNTIMES = ("auto", "torch", "onnxruntime")
-TORCH_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class TorchPrecision:
+    """How the torch runtime holds a model at one precision."""
+
+    dtype: torch.dtype               # activations, and every weight that is not quantized
+    quantized: str | None = None     # the LM decoder layers' linear weights: "fp8" or "int8" (engine/quantize.py)
+
+
+# The one list of the torch runtime's precisions. fp8 multiplies on fp8 tensor cores from sm_89 (Ada, Hopper) on
+# and is emulated, same function, slower, elsewhere; int8 stores weights only (the matmul runs in bf16).
+TORCH_PRECISIONS = {
+    "fp32": TorchPrecision(torch.float32),
+    "bf16": TorchPrecision(torch.bfloat16),
+    "fp16": TorchPrecision(torch.float16),
+    "fp8": TorchPrecision(torch.bfloat16, quantized="fp8"),
+    "int8": TorchPrecision(torch.bfloat16, quantized="int8"),
+}
 PRECISIONS = ("auto", *TORCH_PRECISIONS)
 
 
 def pick_precision(precision: str, device: str) -> str:
-    """`auto`: bf16 where the device computes it natively (CUDA), fp32 elsewhere."""
+    """`auto`: bf16 where the device computes it natively (CUDA), fp32 elsewhere; fp8 and int8 only when asked."""
     if precision not in PRECISIONS:
         raise RuntimeUnavailable(f"unknown precision {precision!r}; the torch runtime runs {', '.join(PRECISIONS)}")
     if precision != "auto":
@@ -28,8 +47,9 @@ def load_runtime(model: str | Path, runtime: str = "auto", device: str | None = 
                  compile: bool = False) -> tuple[Runtime, object]:
     """(runtime, processor) for a checkpoint (folder or hub id) or a repository written by `djz export`.
     `voice_encoder_only` loads just what `encode_voice` needs (Triton's acoustic_encoder model). A repository
-    runs at the precision it was exported for; a checkpoint at `precision` (see pick_precision). `compile`: the
-    torch runtime's frame pieces go through torch.compile (minutes of compilation, a faster frame)."""
+    runs at the precision it was exported for; a checkpoint at `precision` (see pick_precision and
+    TORCH_PRECISIONS). `compile`: the torch runtime's frame pieces go through torch.compile (minutes of
+    compilation, a faster frame)."""
     if runtime not in RUNTIMES:
         raise RuntimeUnavailable(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -56,9 +76,11 @@ def load_runtime(model: str | Path, runtime: str = "auto", device: str | None = 
     from engine.runtime.torch_runtime import TorchRuntime
 
     checkpoint = load_checkpoint(str(model))
-    rt = TorchRuntime(checkpoint, device=device, dtype=TORCH_PRECISIONS[precision],
+    held = TORCH_PRECISIONS[precision]
+    rt = TorchRuntime(checkpoint, device=device, dtype=held.dtype, quantized=held.quantized,
                       voice_encoder_only=voice_encoder_only, compile=compile)
     return rt, checkpoint.processor
 
 
-__all__ = ["RUNTIMES", "PRECISIONS", "TORCH_PRECISIONS", "pick_precision", "ModelSpec", "Runtime", "load_runtime", "is_exported_repository"]
+__all__ = ["RUNTIMES", "PRECISIONS", "TORCH_PRECISIONS", "TorchPrecision", "pick_precision", "ModelSpec", "Runtime",
+           "load_runtime", "is_exported_repository"]

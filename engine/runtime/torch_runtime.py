@@ -6,6 +6,7 @@ import torch
 from engine.checkpoint import Checkpoint
 from engine.network import (CachedLanguageModelStep, DiffusionHeadStep, LanguageModelStep, StreamingConvStep,
                             VoiceEncoder)
+from engine.quantize import fp8_matmul_available, quantize_linears
 from engine.runtime.base import ModelSpec, Runtime
 
 
@@ -13,12 +14,16 @@ class TorchRuntime(Runtime):
     name = "torch"
 
     def __init__(self, checkpoint: Checkpoint, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 voice_encoder_only: bool = False, compile: bool = False):
+                 voice_encoder_only: bool = False, compile: bool = False, quantized: str | None = None):
         """`voice_encoder_only` moves just the acoustic encoder to `device`; only `encode_voice` may be called.
         `compile` runs the frame's pieces (LM layers, diffusion head, streaming decoder and semantic encoder)
-        through torch.compile, with dynamic shapes so that one compilation serves every batch size."""
+        through torch.compile, with dynamic shapes so that one compilation serves every batch size.
+        `quantized` ("fp8" or "int8") stores the LM decoder layers' linear weights in 8 bits (engine/quantize.py);
+        embeddings, the scored lm_head rows, the diffusion head and the convolutional tokenizers stay in `dtype`.
+        The checkpoint's model is converted in place."""
         self.device = torch.device(device)
         self.dtype = dtype
+        self.quantized = None if voice_encoder_only else quantized
         model = checkpoint.model.eval()
         self.spec = ModelSpec.from_model(model)
         inner = model.model
@@ -26,6 +31,8 @@ class TorchRuntime(Runtime):
             self._voice_encoder = VoiceEncoder(inner.audio_tower.encoder.to(self.device, dtype))
             return
         model.to(self.device, dtype)
+        if quantized:  # after the cast: the 8-bit weights and their float32 scales must not be cast again
+            quantize_linears(inner.language_model.layers, quantized)
         if self.device.type == "cuda":
             if self.device.index is not None:  # streams and graph captures follow the current device
                 torch.cuda.set_device(self.device)
@@ -42,6 +49,15 @@ class TorchRuntime(Runtime):
         if compile:
             self._head, self._decoder, self._semantic = (torch.compile(module, dynamic=True)
                                                          for module in (self._head, self._decoder, self._semantic))
+
+    def describe(self) -> str:
+        held = str(self.dtype).removeprefix("torch.")
+        if self.quantized == "fp8":
+            how = "torch._scaled_mm" if fp8_matmul_available(self.device) else "emulated: fp8 tensor cores need sm_89+"
+            held += f", fp8 LM weights and activations, {how}"
+        elif self.quantized == "int8":
+            held += ", int8 LM weights"
+        return f"{self.name} on {self.device} ({held})"
 
     @torch.no_grad()
     def embed(self, ids):

@@ -95,6 +95,24 @@ def test_bench_prints_a_table_and_json(tiny_checkpoint, capsys):
     assert figures["ms_per_frame"] > 0 and figures["rtf"] > 0 and figures["first_audio_ms"] > 0
 
 
+def test_synth_runs_at_fp8_and_says_how(tiny_checkpoint, voice_files, tmp_path, capsys):
+    script = tmp_path / "one.txt"
+    script.write_text("Speaker 0: Eight bits.\n")
+    assert main(["synth", "--model", str(tiny_checkpoint), "--script", str(script), "--voice",
+                 f"0={voice_files['high']}", "--out", str(tmp_path / "fp8.wav"), "--frames", "1",
+                 "--precision", "fp8"]) == 0
+    assert sf.info(tmp_path / "fp8.wav").frames == HOP_SAMPLES
+    assert ("runtime torch on cpu (bfloat16, fp8 LM weights and activations, emulated: fp8 tensor cores need sm_89+)"
+            in capsys.readouterr().out)
+
+
+def test_an_unknown_precision_is_refused_listing_the_choices(tiny_checkpoint, capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--model", str(tiny_checkpoint), "--precision", "int4"])
+    err = capsys.readouterr().err
+    assert "--precision: invalid choice: 'int4'" in err and all(name in err for name in ("fp8", "int8", "fp16"))
+
+
 def test_convert_checkpoint_refuses_a_folder_already_in_the_hf_layout(tiny_checkpoint, tmp_path, capsys):
     assert main(["convert-checkpoint", "--src", str(tiny_checkpoint), "--out", str(tmp_path / "out")]) == 2
     assert "already in the -hf layout" in capsys.readouterr().err

@@ -4,6 +4,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
 from engine.config import EngineSettings
 from engine.errors import EngineError, RuntimeUnavailable
@@ -65,6 +66,16 @@ def test_torch_repository_gives_the_checkpoints_audio(torch_repository, tiny_che
     np.testing.assert_array_equal(served.audio, direct.audio)
 
 
+def test_an_int8_repository_records_its_precision_and_loads_at_it(tiny_checkpoint, tmp_path):
+    root = export_repository(str(tiny_checkpoint), tmp_path / "repository", runtime="torch", precision="int8",
+                             log=lambda line: None)
+    assert read_manifest(root)["precision"] == "int8"
+    runtime, _ = load_runtime(root, device="cpu")  # as the generator loads it
+    assert (runtime.dtype, runtime.quantized) == (torch.bfloat16, "int8")
+    with pytest.raises(RuntimeUnavailable, match="exported at int8; export it again with --precision fp8"):
+        load_runtime(root, device="cpu", precision="fp8")
+
+
 def test_voice_encoder_only_loads_what_encoding_needs(torch_repository, tiny_repository, voices):
     from engine.prompt import encode_voices
 
@@ -87,7 +98,8 @@ def test_a_repository_refuses_another_runtime(torch_repository, tiny_repository)
     ({"serving": ServingConfig(target="tpu")}, "--target tpu: choose one of cpu, gpu"),
     ({"serving": ServingConfig(target="gpu")}, "--target gpu needs --runtime torch"),
     ({"serving": ServingConfig(compile=True)}, "--compile needs --runtime torch"),
-    ({"runtime": "torch", "precision": "int4"}, "--precision int4: the torch runtime runs fp32, bf16, fp16"),
+    ({"runtime": "torch", "precision": "int4"}, "--precision int4: the torch runtime runs fp32, bf16, fp16, fp8, "
+                                                "int8"),
 ])
 def test_export_refuses_what_it_cannot_build(tiny_checkpoint, tmp_path, kwargs, message):
     with pytest.raises(EngineError, match=re.escape(message)):
