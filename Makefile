@@ -31,12 +31,15 @@ $(DEMO)/repository/manifest.json: $(wildcard model_repository/*/config.pbtxt mod
 	$(DJZ) export --checkpoint $(DEMO)/checkpoint --out $(DEMO)/repository --runtime onnxruntime \
 		|| { rm -rf $(DEMO)/repository; exit 1; }
 
-# Random tiny weights never choose to speak on their own, so the demo forces 40 frames (about 5 s).
+# Random tiny weights never choose to speak on their own, so the demo forces their length: 40 frames (about 5 s)
+# for the CLI example, 0.5 frames per character of script (about speaking pace) for the orchestrator, which starts
+# with the example voices (Alice, Bob) and keeps its data in .demo/data.
 demo: venv $(DEMO)/repository/manifest.json
 	$(DJZ) synth --model $(DEMO)/repository --script examples/two_speakers.txt \
 		--voice 0=examples/voices/alice.wav --voice 1=examples/voices/bob.wav --out $(DEMO)/demo.wav \
 		--frames 40 --seed 1
-	$(DJZ) serve --model-repository $(DEMO)/repository --triton-only
+	DJZ_EXACT_FRAMES_PER_CHAR=0.5 DJZ_STARTER_VOICES_DIR=examples/voices \
+		$(DJZ) serve --model-repository $(DEMO)/repository --data-dir $(DEMO)/data
 
 clean:
 	rm -rf $(DEMO) .pytest_cache build dist *.egg-info

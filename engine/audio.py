@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import soundfile
 import soxr
-import torch
 
 from engine.config import HOP_SAMPLES, MAX_VOICE_SECONDS, SAMPLE_RATE, VOICE_TARGET_DBFS
 from engine.errors import InvalidRequest
@@ -66,6 +65,8 @@ def prepare_voice(samples: np.ndarray, sample_rate: int, name: str = "voice") ->
 def normalize_voice(samples: np.ndarray) -> np.ndarray:
     """Prepared voice samples at VOICE_TARGET_DBFS RMS, peak-limited to 1: the same float32 operations, in the same
     order, as transformers' VibeVoiceAcousticTokenizerFeatureExtractor(normalize_audio=True)."""
+    import torch  # here, not at the top: the orchestrator reads and checks audio without loading torch
+
     audio = torch.tensor(samples, dtype=torch.float32)
     if audio.ndim != 1 or audio.numel() == 0:
         raise InvalidRequest(f"normalize_voice takes non-empty mono samples, not shape {tuple(audio.shape)}; "

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine.checkpoint import checkpoint_fingerprint, make_checkpoint
 from engine.config import EngineSettings
 from engine.errors import EngineError, RuntimeUnavailable
 from engine.request import SynthesisOptions, SynthesisRequest, Voice
@@ -49,6 +50,17 @@ def test_gpu_target_puts_the_models_on_gpus_and_postprocess_on_one(torch_reposit
     assert "count: 1, kind: KIND_GPU, gpus: [ 0 ] }" in config(torch_repository, "postprocess")
     assert "KIND_CPU" in config(torch_repository, "preprocess")  # tokenising stays on the CPU
     assert 'key: "max_streams", value: { string_value: "4" }' in config(torch_repository, "generator")
+
+
+def test_both_runtimes_name_the_checkpoint_they_serve(torch_repository, tiny_repository, tmp_path):
+    """acoustic_encoder's model_id parameter keys clients' latent caches: the same checkpoint gives the same id
+    whatever the runtime, another checkpoint another id."""
+    model_id = read_manifest(torch_repository)["model_id"]
+    assert re.fullmatch(r"[0-9a-f]{16}", model_id) and read_manifest(tiny_repository[0])["model_id"] == model_id
+    assert f'key: "model_id", value: {{ string_value: "{model_id}" }}' in config(torch_repository, "acoustic_encoder")
+    other = make_checkpoint("tiny", tmp_path / "other", seed=1)
+    assert checkpoint_fingerprint(other) != model_id
+    assert checkpoint_fingerprint("microsoft/VibeVoice-1.5B") != checkpoint_fingerprint("microsoft/VibeVoice-7B")
 
 
 def test_torch_repository_carries_its_checkpoint(torch_repository, tiny_checkpoint):
