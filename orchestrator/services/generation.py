@@ -113,8 +113,8 @@ async def stream_audio(plan: Plan, settings: Settings, triton: TritonClient
     started, samples, reason = time.perf_counter(), 0, ""
     for index, piece in enumerate(plan.pieces):
         crossfader.start_piece()
-        options = GenerationOptions(plan.request.cfg_scale, plan.request.diffusion_steps,
-                                    (plan.seed + index) % 2**63, plan.request.max_frames, _forced_frames(piece, settings))
+        options = GenerationOptions(plan.request.cfg_scale, plan.request.diffusion_steps, (plan.seed + index) % 2**63,
+                                    plan.request.max_frames, _forced_frames(piece, settings))
         latents = [plan.latents[speaker] for speaker in piece.speakers]
         async for streamed in triton.generate(render_script(piece), latents, options):
             samples += streamed.audio.size

@@ -58,7 +58,8 @@ def test_the_crossfade_is_the_same_whatever_the_chunk_sizes(chunk):
     assert np.array_equal(joined[:6400 - 960], pieces[0][:6400 - 960])  # untouched outside the overlaps
     # equal-power weights at the middle of the first overlap
     middle = 6400 - 960 + 480
-    expected = pieces[0][6400 - 480] * np.cos(np.pi / 4 * (961 / 960)) + pieces[1][480] * np.sin(np.pi / 4 * (961 / 960))
+    angle = np.pi / 4 * (961 / 960)
+    expected = pieces[0][6400 - 480] * np.cos(angle) + pieces[1][480] * np.sin(angle)
     assert joined[middle] == pytest.approx(expected, abs=1e-5)
 
 

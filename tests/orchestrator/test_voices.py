@@ -38,6 +38,10 @@ def test_bad_uploads_are_refused_by_name_and_leave_nothing(client, settings):
     short = ("samples", ("short.wav", wav_bytes(synthetic_voice(0.2, 100.0, 1)), "audio/wav"))
     response = client.post("/api/v2/voices", data={"name": "Q"}, files=[short])
     assert response.status_code == 422 and "at least 0.5 s" in response.json()["detail"]
+    long = ("samples", ("long.flac", wav_bytes(synthetic_voice(61.0, 100.0, 1), 8000, file_format="FLAC"), "x"))
+    response = client.post("/api/v2/voices", data={"name": "Q"}, files=[long])
+    assert response.status_code == 422 and "long.flac" in response.json()["detail"]
+    assert "at most 60 s" in response.json()["detail"]
     big = ("samples", ("big.wav", b"\0" * (settings.max_upload_bytes + 1), "audio/wav"))
     response = client.post("/api/v2/voices", data={"name": "Q"}, files=[big])
     assert response.status_code == 413 and "big.wav" in response.json()["detail"]

@@ -8,12 +8,12 @@ import time
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
+from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from engine.errors import InvalidRequest
 from orchestrator.api.deps import PrincipalDep, ServicesDep
 from orchestrator.core import metrics
-from orchestrator.core.db import sessions
 from orchestrator.models.clip import ClipPublic
 from orchestrator.models.generation import GenerateRequest
 from orchestrator.services import codecs, generation
@@ -29,7 +29,7 @@ async def stream(websocket: WebSocket, services: ServicesDep, principal: Princip
     try:
         message = await websocket.receive_json()
         request = GenerateRequest.model_validate({**message, "format": "pcm", "stream": True})
-        with next(sessions(services.engine)) as session:
+        with Session(services.engine, expire_on_commit=False) as session:
             plan = await generation.plan(session, request, services.settings, services.triton, services.store,
                                          "websocket")
             await websocket.send_json({"event": "started", "clip_id": plan.clip_id, "seed": plan.seed,

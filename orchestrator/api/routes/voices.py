@@ -220,7 +220,8 @@ async def import_voice(services: ServicesDep, session: SessionDep, principal: Pr
         values = values.astype("<f4")
         rows.append(VoiceLatents(voice_id="", model_id=model_id, frames=values.shape[0], latent_dim=values.shape[1],
                                  data=values.tobytes()))
-    voice = Voice(name=clean_name(name or str(meta.get("name", "")), "a voice's name", NAME_LIMIT), description=str(meta.get("description", "")),
+    voice = Voice(name=clean_name(name or str(meta.get("name", "")), "a voice's name", NAME_LIMIT),
+                  description=str(meta.get("description", "")),
                   tags=encode_tags(clean_tags(meta.get("tags", []))), audio_sha256="",
                   duration_s=info.frames / SAMPLE_RATE, source_count=int(meta.get("source_count", 1)))
     return VoicePublic.of(_commit_new_voice(session, services, voice, prompt, rows))
