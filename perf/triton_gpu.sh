@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# The 1.5B VibeVoice (random weights) served by Triton on one GPU, measured through the ensemble's HTTP stream.
-# Runs in one device call from the repository root; figures and logs go to $OUT.
+# The 1.5B VibeVoice (random weights) served by Triton on one GPU, measured two ways on the same server: over gRPC
+# streaming with the voice sent as cached latents (encoded once by acoustic_encoder), as the orchestrator calls it,
+# and over the ensemble's HTTP stream with the voice sent as audio on every request (the issue-3 figures).
+# Runs in one device call from the repository root (about 5 minutes); figures and logs go to $OUT.
 #
-# The GPU image has no network, so .whl/ carries what it lacks (see perf/RESULTS.md for how it was filled):
-#   numpy 1.26 (Triton 2.51's Python-backend stub breaks on NumPy 2), transformers 5.24, soundfile, soxr, and
-#   tritonserver-2.51-pytriton.tar.xz: the nvidia-pytriton wheel's server, Python backend, 3.12 stub and the
-#   libraries they link, cut down to fit the 64 MiB that travels with a call.
+# The GPU image has no network, so .whl/ carries what it lacks; perf/pack_triton_carry.sh fills it (numpy 1.26 for
+# Triton 2.51's Python-backend stub, transformers, soundfile, soxr, tritonclient, and the nvidia-pytriton wheel's
+# server cut down to fit the 64 MiB that travels with a call).
 set -euo pipefail
 OUT=${OUT:-/tmp/out}
 SIZE=${SIZE:-1.5B}
 PRECISION=${PRECISION:-bf16}
-STREAMS=${STREAMS:-32}
-LEVELS=${LEVELS:-1 8 32}
+STREAMS=${STREAMS:-64}
+LEVELS=${LEVELS:-1 8 32 64}
 FRAMES=${FRAMES:-75}
 mkdir -p "$OUT"
 # The CUDA postprocess kernel against its NumPy twin, with the image's own NumPy 2 and CuPy.
@@ -45,10 +46,15 @@ python -m djz serve --model-repository /tmp/repository --triton-only > "$OUT/ser
 serve=$!
 for _ in $(seq 600); do grep -q "Ctrl-C stops it" "$OUT/serve.log" && break; kill -0 $serve || break; sleep 1; done
 cat "$OUT/serve.log"
-python perf/stream_bench.py --url 127.0.0.1:8000 --concurrency $LEVELS --frames "$FRAMES" --voice-seconds 10 \
-  --json "$OUT/triton_gpu.json"
-curl -s 127.0.0.1:8002/metrics | grep -E "^vibevoice_(step_seconds|batch_size|first_audio)_(sum|count)" \
-  > "$OUT/metrics.txt" || true
-cat "$OUT/metrics.txt"
+# The generator's histograms and each model's request count, cumulative: the second snapshot holds both sweeps.
+metrics='^vibevoice_(step_seconds|batch_size|first_audio_seconds)_(sum|count)|^nv_inference_count'
+for sweep in "grpc latents 8001" "http audio 8000"; do
+  read -r protocol voice port <<< "$sweep"
+  python perf/stream_bench.py --protocol "$protocol" --voice "$voice" --url "127.0.0.1:$port" \
+    --concurrency $LEVELS --frames "$FRAMES" --voice-seconds 10 --json "$OUT/triton_gpu_${protocol}_$voice.json" \
+    || echo "the $protocol sweep failed"
+  curl -s 127.0.0.1:8002/metrics | grep -E "$metrics" > "$OUT/metrics_after_${protocol}_$voice.txt" || true
+  cat "$OUT/metrics_after_${protocol}_$voice.txt"
+done
 kill -INT $serve && wait $serve || true
 cp "$(grep -o '/tmp/tritonserver-[^ ]*\.log' "$OUT/serve.log" | head -1)" "$OUT/tritonserver.log" 2>/dev/null || true
