@@ -4,7 +4,6 @@ import json
 import shutil
 from datetime import datetime
 
-import numpy as np
 import pytest
 import torch
 

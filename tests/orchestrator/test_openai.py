@@ -3,7 +3,6 @@ import io
 import threading
 import time
 
-import numpy as np
 import openai
 import pytest
 import soundfile

@@ -18,7 +18,7 @@ from orchestrator.api.deps import PrincipalDep, ServicesDep, SessionDep
 from orchestrator.core import metrics
 from orchestrator.models.generation import GenerateRequest
 from orchestrator.models.voice import Voice
-from orchestrator.services import codecs, generation
+from orchestrator.services import generation
 from orchestrator.services.speed import change_speed
 from orchestrator.services.triton import TritonFailed, TritonUnavailable
 
