@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from sqlalchemy import Engine
 from sqlmodel import Session, select
 from starlette.concurrency import run_in_threadpool
 
@@ -38,13 +39,21 @@ class Progress:
         return self.elapsed_s / self.audio_seconds if self.audio_seconds else 0.0
 
 
+@dataclass(frozen=True)
+class SpeakerVoice:
+    """The voice a speaker was given, as the clip records it (plain values: a plan outlives its session)."""
+
+    id: str
+    name: str
+
+
 @dataclass
 class Plan:
     """A validated generation, ready to run: what Triton is sent, piece by piece, and what the clip records."""
 
     request: GenerateRequest
     script: Script
-    voices: dict[int, Voice]  # script speaker id -> voice
+    voices: dict[int, SpeakerVoice]  # script speaker id -> voice
     latents: dict[int, np.ndarray]
     pieces: list[Script]
     fmt: codecs.AudioFormat
@@ -101,8 +110,8 @@ async def plan(session: Session, request: GenerateRequest, settings: Settings, t
     voices = resolve_voices(session, request, script)
     latents = {speaker: await voice_latents(session, voice, store, triton) for speaker, voice in voices.items()}
     seed = request.seed if request.seed is not None else secrets.randbelow(2**63)
-    return Plan(request, script, voices, latents, split_script(script, settings.chunk_chars), fmt, seed,
-                await triton.model_id(), tags, source)
+    return Plan(request, script, {speaker: SpeakerVoice(v.id, v.name) for speaker, v in voices.items()}, latents,
+                split_script(script, settings.chunk_chars), fmt, seed, await triton.model_id(), tags, source)
 
 
 async def stream_audio(plan: Plan, settings: Settings, triton: TritonClient
@@ -131,18 +140,19 @@ def _forced_frames(piece: Script, settings: Settings) -> int | None:
     return max(1, round(sum(len(turn.text) for turn in piece.turns) * settings.exact_frames_per_char))
 
 
-def save_clip(session: Session, store: AudioStore, plan: Plan, audio: np.ndarray, generation_s: float,
+def save_clip(engine: Engine, store: AudioStore, plan: Plan, audio: np.ndarray, generation_s: float,
               finish_reason: str, record_with: Callable[[Session], None] | None = None) -> Clip:
     """The clip's file and row, committed together with the voices' usage statistics and whatever `record_with`
-    writes (a batch item's outcome); if `record_with` raises, nothing is stored."""
+    writes (a batch item's outcome); if `record_with` raises, nothing is stored. It runs in a worker thread with a
+    session of its own: a caller cancelled meanwhile (a client gone, a runner stopping) cannot close it under it."""
     data = codecs.encode(audio, plan.fmt)
     duration = audio.size / SAMPLE_RATE
     names = [plan.voices[s].name for s in plan.script.speakers]
     script_text = render_script(plan.script)
     title = plan.request.title or _title(plan.script)
-    with store.written(data, lambda sha: file_in_use(session, sha)) as sha256:
-        clip = Clip(id=plan.clip_id, title=title, script=script_text,
-                    search_text=search_text(title, script_text, names),
+    with (Session(engine, expire_on_commit=False) as session,
+          store.written(data, lambda sha: file_in_use(session, sha)) as sha256):
+        clip = Clip(id=plan.clip_id, title=title, script=script_text, search_text=search_text(title, script_text, names),
                     voice_ids=encode_tags([plan.voices[s].id for s in plan.script.speakers]),
                     voice_names=", ".join(names), speakers=len(plan.script.speakers), duration_s=duration,
                     generation_s=generation_s, rtf=generation_s / duration if duration else 0.0,
@@ -152,8 +162,8 @@ def save_clip(session: Session, store: AudioStore, plan: Plan, audio: np.ndarray
                     folder=plan.request.folder.strip(), source=plan.source)
         session.add(clip)
         now = utcnow()
-        for voice in {v.id: v for v in plan.voices.values()}.values():
-            voice = session.get(Voice, voice.id)
+        for voice_id in {v.id for v in plan.voices.values()}:
+            voice = session.get(Voice, voice_id)
             if voice is not None:
                 voice.generations += 1
                 voice.audio_seconds += duration
@@ -177,14 +187,14 @@ def _title(script: Script, words: int = 8) -> str:
     return " ".join(text[:words]) + (" ..." if len(text) > words else "")
 
 
-async def generate_clip(session: Session, plan: Plan, settings: Settings, triton: TritonClient,
+async def generate_clip(engine: Engine, plan: Plan, settings: Settings, triton: TritonClient,
                         store: AudioStore, record_with: Callable[[Session], None] | None = None) -> Clip:
     """Run a plan to the end and store its clip (nothing is stored if the generation fails); `record_with` as in
     save_clip."""
     parts, started, reason = [], time.perf_counter(), ""
     async for samples, _, reason in stream_audio(plan, settings, triton):
         parts.append(samples)
-    return await run_in_threadpool(save_clip, session, store, plan, joined(parts), time.perf_counter() - started,
+    return await run_in_threadpool(save_clip, engine, store, plan, joined(parts), time.perf_counter() - started,
                                    reason, record_with)
 
 

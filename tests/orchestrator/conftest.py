@@ -43,7 +43,8 @@ def database_url(request, tmp_path):
     with engine.begin() as connection:
         tables = connection.execute(text(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'")).all()
-        if tables:
+        if tables:  # a session some earlier test left open would hold a lock: fail loudly, not hang
+            connection.execute(text("SET LOCAL lock_timeout = '30s'"))
             connection.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for (t,) in tables) + " CASCADE"))
     engine.dispose()
     return url

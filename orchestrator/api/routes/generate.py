@@ -30,16 +30,16 @@ async def generate(request: GenerateRequest, services: ServicesDep, session: Ses
     plan = await generation.plan(session, request, services.settings, services.triton, services.store, source)
     if not request.stream:
         with metrics.ACTIVE_STREAMS.track_inprogress():
-            clip = await generation.generate_clip(session, plan, services.settings, services.triton, services.store)
+            clip = await generation.generate_clip(services.engine, plan, services.settings, services.triton, services.store)
         metrics.AUDIO_SECONDS.labels(source).inc(clip.duration_s)
         metrics.GENERATIONS.labels(source, "done").inc()
         return ClipPublic.of(clip)
-    return StreamingResponse(_stream(plan, services, session), media_type=plan.fmt.media_type,
+    return StreamingResponse(_stream(plan, services), media_type=plan.fmt.media_type,
                              headers={"X-Clip-Id": plan.clip_id, "X-Seed": str(plan.seed),
                                       "X-Sample-Rate": "24000"}, status_code=200)
 
 
-async def _stream(plan, services, session):
+async def _stream(plan, services):
     """The audio's bytes as they are made; the clip is stored only when the stream reaches its end."""
     if plan.fmt.name == "wav":
         yield codecs.streaming_wav_header()
@@ -55,7 +55,7 @@ async def _stream(plan, services, session):
                     first = False
                 yield codecs.pcm16(samples).astype("<i2").tobytes()
         audio = generation.joined(parts)
-        clip = await run_in_threadpool(generation.save_clip, session, services.store, plan, audio,
+        clip = await run_in_threadpool(generation.save_clip, services.engine, services.store, plan, audio,
                                        time.perf_counter() - started, reason)
         metrics.AUDIO_SECONDS.labels(plan.source).inc(clip.duration_s)
         outcome = "done"

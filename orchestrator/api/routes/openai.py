@@ -85,7 +85,7 @@ async def speech(body: SpeechRequest, services: ServicesDep, session: SessionDep
         with metrics.ACTIVE_STREAMS.track_inprogress():
             parts = [s async for s, _, _ in generation.stream_audio(plan, services.settings, services.triton)]
         audio = change_speed(generation.joined(parts), body.speed)
-        clip = await run_in_threadpool(generation.save_clip, session, services.store, plan, audio,
+        clip = await run_in_threadpool(generation.save_clip, services.engine, services.store, plan, audio,
                                        time.perf_counter() - started, "")
     except InvalidRequest as exc:
         raise OpenAIError(400, str(exc), "input") from None

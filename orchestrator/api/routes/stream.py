@@ -34,7 +34,7 @@ async def stream(websocket: WebSocket, services: ServicesDep, principal: Princip
                                          "websocket")
             await websocket.send_json({"event": "started", "clip_id": plan.clip_id, "seed": plan.seed,
                                        "sample_rate": 24000, "encoding": "pcm_s16le", "pieces": len(plan.pieces)})
-            clip = await _run(websocket, plan, services, session)
+        clip = await _run(websocket, plan, services)
         if clip is not None:
             await websocket.send_json({"event": "done", "clip": ClipPublic.of(clip).model_dump(mode="json")})
             await websocket.close()
@@ -50,7 +50,7 @@ async def stream(websocket: WebSocket, services: ServicesDep, principal: Princip
         await _fail(websocket, 502, str(exc))
 
 
-async def _run(websocket: WebSocket, plan, services, session):
+async def _run(websocket: WebSocket, plan, services):
     """Send the audio as it comes while listening for a cancel; the clip, or None when cancelled."""
     cancelled = asyncio.create_task(_wait_for_cancel(websocket))
     parts, started, reason, last_progress = [], time.perf_counter(), "", 0.0
@@ -68,7 +68,7 @@ async def _run(websocket: WebSocket, plan, services, session):
                                            "audio_seconds": round(progress.audio_seconds, 3),
                                            "rtf": round(progress.rtf, 4)})
         else:
-            clip = await run_in_threadpool(generation.save_clip, session, services.store, plan,
+            clip = await run_in_threadpool(generation.save_clip, services.engine, services.store, plan,
                                            generation.joined(parts), time.perf_counter() - started, reason)
             metrics.AUDIO_SECONDS.labels("websocket").inc(clip.duration_s)
             metrics.GENERATIONS.labels("websocket", "done").inc()
