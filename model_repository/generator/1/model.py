@@ -12,6 +12,7 @@ from engine.batch import BatchEngine
 from engine.cancel_board import CancelBoard
 from engine.config import EngineSettings
 from engine.contract import decode_options, unpad_rows
+from engine.errors import Cancelled
 from engine.prompt import PromptInputs, embed_prompt
 from engine.runtime import load_runtime
 from engine.scheduler import Job, SchedulerObserver, StreamScheduler
@@ -108,8 +109,14 @@ class TritonPythonModel:
 
         def fail(exc):
             self.cancelled.clear(stream_id)
+            # A cancelled stream ends with an ordinary last response: an error would leave Triton 2.51 counting
+            # the ensemble request in flight for good (its shutdown then waits out the unload timeout).
+            response = (pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("AUDIO", np.zeros(0, dtype=np.float32)), pb_utils.Tensor("FINAL", np.array([True])),
+                pb_utils.Tensor("REASON", np.array([b"cancelled"], dtype=object)), *constant])
+                if isinstance(exc, Cancelled) else pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
             try:
-                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))), flags=FINAL)
+                sender.send(response, flags=FINAL)
             except Exception:  # the client is gone: nobody to tell
                 pass
 

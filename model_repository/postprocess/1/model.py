@@ -37,8 +37,10 @@ class TritonPythonModel:
         if request.is_cancelled():  # the client cancelled the ensemble: tell the generator to stop this stream
             self.streams.pop(stream_id, None)
             self.cancelled.post(stream_id)
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError("cancelled", pb_utils.TritonError.CANCELLED))
-        if not tensor("RAW")[0]:
+            # An empty answer rather than an error: Triton 2.51 counts an ensemble whose step failed as in flight
+            # for good, while the generator's final response ends it cleanly.
+            audio = np.zeros(0, dtype=np.float32)
+        elif not tensor("RAW")[0]:
             processor, _ = self.streams.get(stream_id) or (StreamPostprocessor(backend=self.backend), now)
             audio = processor.process(audio)
             self.streams[stream_id] = (processor, now)
