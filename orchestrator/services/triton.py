@@ -129,6 +129,7 @@ class TritonClient:
             await finished.wait()  # keep the stream open until the last response (closing it would cancel)
 
         responses = self.client.stream_infer(request_stream(), stream_timeout=self.stream_timeout_s)
+        completed = False
         try:
             async for result, error in responses:
                 if error is not None:
@@ -136,9 +137,10 @@ class TritonClient:
                 reason = result.as_numpy("FINISH_REASON")
                 reason = reason.reshape(-1)[0].decode() if reason is not None and reason.size else ""
                 audio = result.as_numpy("AUDIO")
+                completed = bool(reason)
                 yield StreamedAudio(audio if audio is not None else np.zeros(0, np.float32),
                                     int(result.as_numpy("USED_SEED").reshape(-1)[0]), reason)
-                if reason:
+                if completed:
                     return
             raise TritonUnavailable("Triton closed the generation stream before its last response")
         except (InferenceServerException, grpc.RpcError) as exc:
@@ -146,4 +148,8 @@ class TritonClient:
             raise _failure(exc, "the generation") from None
         finally:
             finished.set()
-            responses.cancel()
+            if completed:  # end the call as the client that it is: a cancel here would leave Triton 2.51's
+                async for _ in responses:  # ensemble holding on until its unload timeout at shutdown
+                    pass
+            else:
+                responses.cancel()
