@@ -27,6 +27,10 @@ class SchedulerObserver:
 
     def first_audio(self, seconds: float) -> None: ...
 
+    def phase(self, name: str, seconds: float) -> None:
+        """Time spent outside the batched step in one loop cycle: 'reap' (cancellations), 'admit' (prefill of joining
+        requests), 'emit' (handing every stream its frame). Where a served step lags the engine, these say why."""
+
     def loop_failed(self, error: Exception) -> None:
         """The loop hit an unexpected error; the jobs it held were failed and it carries on."""
 
@@ -105,11 +109,15 @@ class StreamScheduler:
 
     def run_once(self) -> bool:
         """Admit waiting jobs into free slots, then advance every running job by one frame. False when idle."""
+        began = time.perf_counter()
         self.reap()
+        reaped = time.perf_counter()
         self._admit()
+        started = time.perf_counter()
         if not self._running:
             return False
-        started = time.perf_counter()
+        self.observer.phase("reap", reaped - began)
+        self.observer.phase("admit", started - reaped)
         try:
             outputs = self.engine.step()
         except Exception as exc:  # the whole batch shares the failed step: fail every running job, keep serving
@@ -131,6 +139,7 @@ class StreamScheduler:
             if not delivered and not output.finished:
                 self._drop(output.stream_id)
                 job.fail(Cancelled("the request's consumer went away"))
+        self.observer.phase("emit", time.perf_counter() - now)
         self._report()
         return True
 

@@ -47,7 +47,7 @@ serve=$!
 for _ in $(seq 600); do grep -q "Ctrl-C stops it" "$OUT/serve.log" && break; kill -0 $serve || break; sleep 1; done
 cat "$OUT/serve.log"
 # The generator's histograms and each model's request count, cumulative: the second snapshot holds both sweeps.
-metrics='^vibevoice_(step_seconds|batch_size|first_audio_seconds)_(sum|count)|^nv_inference_count'
+metrics='^vibevoice_(step_seconds|batch_size|first_audio_seconds|loop_phase_seconds)_(sum|count)|^nv_inference_count'
 for sweep in "grpc latents 8001" "http audio 8000"; do
   read -r protocol voice port <<< "$sweep"
   python perf/stream_bench.py --protocol "$protocol" --voice "$voice" --url "127.0.0.1:$port" \

@@ -39,7 +39,7 @@ def request(voices, seed: int, frames: int, voice="low", **options) -> Synthesis
 
 class Recorder(SchedulerObserver):
     def __init__(self):
-        self.queue, self.steps, self.first_audio_count, self.loop_errors = [], [], 0, []
+        self.queue, self.steps, self.first_audio_count, self.loop_errors, self.phases = [], [], 0, [], []
 
     def queue_changed(self, active, queued):
         self.queue.append((active, queued))
@@ -52,6 +52,10 @@ class Recorder(SchedulerObserver):
 
     def loop_failed(self, error):
         self.loop_errors.append(error)
+
+    def phase(self, name, seconds):
+        assert seconds >= 0
+        self.phases.append(name)
 
 
 class Tracked:
@@ -115,6 +119,7 @@ def test_jobs_wait_for_a_slot_and_match_running_alone(model, scheduler, voices, 
     # a ends after step 3, c takes its slot for step 4, b ends after step 5, c runs alone to step 7
     assert scheduler.observer.steps == [(2, 2)] * 5 + [(1, 1)] * 2
     assert scheduler.observer.first_audio_count == 3 and scheduler.observer.queue[-1] == (0, 0)
+    assert scheduler.observer.phases == ["reap", "admit", "emit"] * 7  # each step's cycle, timed outside the step
     assert [len(t.audio) for t in (a, b, c)] == [3, 5, 4] and all(t.finished and not t.errors for t in (a, b, c))
     assert all(t.matches(alone) for t in (a, b, c))
     assert scheduler.engine.active == 0 and not scheduler.run_once()

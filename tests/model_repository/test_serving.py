@@ -233,3 +233,6 @@ def test_generator_metrics_are_exported(triton):
     assert names <= found
     first = metric_values(triton, "vibevoice_first_audio_seconds_count")
     assert max(first.values()) >= 1
+    phases = metric_values(triton, "vibevoice_loop_phase_seconds_count")
+    for phase in ("reap", "admit", "emit"):
+        assert max(v for k, v in phases.items() if f'phase="{phase}"' in k) >= 1

@@ -41,6 +41,11 @@ class TritonMetrics(SchedulerObserver):
                            buckets=[0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0])
         self.first = family("vibevoice_first_audio_seconds", histogram, "Request arrival to its first audio frame",
                             buckets=[0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+        self.families.append(pb_utils.MetricFamily(name="vibevoice_loop_phase_seconds", kind=histogram,
+                                                   description="Time per loop cycle outside the batched step"))
+        self.phases = {name: self.families[-1].Metric(labels={**labels, "phase": name},
+                                                      buckets=[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5])
+                       for name in ("reap", "admit", "emit")}
 
     def queue_changed(self, active, queued):
         self.active.set(active)
@@ -53,6 +58,9 @@ class TritonMetrics(SchedulerObserver):
 
     def first_audio(self, seconds):
         self.first.observe(seconds)
+
+    def phase(self, name, seconds):
+        self.phases[name].observe(seconds)
 
     def loop_failed(self, error):
         pb_utils.Logger.log_error(f"generator: frame loop error: {error!r}")
