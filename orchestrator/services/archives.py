@@ -27,11 +27,11 @@ def file_stem(title: str, fallback: str) -> str:
     return stem or fallback
 
 
-def attachment(filename: str) -> dict[str, str]:
-    """Content-Disposition for a download: an ASCII name for old clients, the full UTF-8 name (RFC 6266) for
-    the rest."""
+def attachment(filename: str, disposition: str = "attachment") -> dict[str, str]:
+    """Content-Disposition for a download ("inline": to be played in place): an ASCII name for old clients, the full
+    UTF-8 name (RFC 6266) for the rest."""
     ascii_name = filename.encode("ascii", "ignore").decode() or "download"
-    return {"Content-Disposition": f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"}
+    return {"Content-Disposition": f"{disposition}; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"}
 
 
 def stored_format(clip: Clip) -> codecs.AudioFormat:

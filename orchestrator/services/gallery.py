@@ -13,7 +13,7 @@ from engine.errors import InvalidRequest
 from orchestrator.models.clip import Clip, ClipQuery, Facet
 from orchestrator.models.common import clean_tags, decode_tags, tag_pattern
 from orchestrator.services import generation
-from orchestrator.services.storage import AudioStore
+from orchestrator.services.storage import AudioStore, file_in_use
 
 SORTS = {"created_at": Clip.created_at, "duration_s": Clip.duration_s, "generation_s": Clip.generation_s,
          "file_size": Clip.file_size, "title": func.lower(Clip.title), "quality_score": Clip.quality_score}
@@ -117,4 +117,4 @@ def delete_clips(session: Session, store: AudioStore, clips: list[Clip]) -> None
     session.exec(delete(Clip).where(Clip.id.in_([clip.id for clip in clips])))
     session.commit()
     for sha256 in files:
-        store.discard(sha256, lambda sha: generation.file_in_use(session, sha))
+        store.discard(sha256, lambda sha: file_in_use(session, sha))

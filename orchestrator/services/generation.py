@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from engine.config import HOP_SAMPLES, SAMPLE_RATE
 from engine.errors import InvalidRequest
 from engine.script import Script, parse_script, render_script
+from orchestrator.core import metrics
 from orchestrator.core.config import Settings
 from orchestrator.models.clip import Clip, search_text
 from orchestrator.models.common import clean_tags, encode_tags, new_id, utcnow
@@ -23,7 +24,7 @@ from orchestrator.models.generation import GenerateRequest
 from orchestrator.models.voice import Voice
 from orchestrator.services import codecs
 from orchestrator.services.chunking import Crossfader, split_script
-from orchestrator.services.storage import AudioStore
+from orchestrator.services.storage import AudioStore, file_in_use
 from orchestrator.services.triton import GenerationOptions, TritonClient
 from orchestrator.services.voices import voice_latents
 
@@ -152,7 +153,8 @@ def save_clip(engine: Engine, store: AudioStore, plan: Plan, audio: np.ndarray, 
     title = plan.request.title or _title(plan.script)
     with (Session(engine, expire_on_commit=False) as session,
           store.written(data, lambda sha: file_in_use(session, sha)) as sha256):
-        clip = Clip(id=plan.clip_id, title=title, script=script_text, search_text=search_text(title, script_text, names),
+        clip = Clip(id=plan.clip_id, title=title, script=script_text,
+                    search_text=search_text(title, script_text, names),
                     voice_ids=encode_tags([plan.voices[s].id for s in plan.script.speakers]),
                     voice_names=", ".join(names), speakers=len(plan.script.speakers), duration_s=duration,
                     generation_s=generation_s, rtf=generation_s / duration if duration else 0.0,
@@ -173,13 +175,8 @@ def save_clip(engine: Engine, store: AudioStore, plan: Plan, audio: np.ndarray, 
             session.flush()  # the clip's row first: what record_with writes may refer to it
             record_with(session)
         session.commit()
+    metrics.AUDIO_SECONDS.labels(plan.source).inc(duration)
     return clip
-
-
-def file_in_use(session: Session, sha256: str) -> bool:
-    session.rollback()
-    return (session.exec(select(Clip.id).where(Clip.file_sha256 == sha256)).first() is not None
-            or session.exec(select(Voice.id).where(Voice.audio_sha256 == sha256)).first() is not None)
 
 
 def _title(script: Script, words: int = 8) -> str:

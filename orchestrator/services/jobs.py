@@ -105,10 +105,9 @@ class JobRunner:
                 plan = await generation.plan(session, request, services.settings, services.triton, services.store,
                                              SOURCE)
             with metrics.ACTIVE_STREAMS.track_inprogress():
-                clip = await generation.generate_clip(
+                await generation.generate_clip(
                     services.engine, plan, services.settings, services.triton, services.store,
                     record_with=partial(job_queue.record_outcome, item=item, clip_id=plan.clip_id))
-            metrics.AUDIO_SECONDS.labels(SOURCE).inc(clip.duration_s)
             outcome = "done"
         except TritonUnavailable as exc:
             self._paused_until = time.monotonic() + services.settings.retry_after_s

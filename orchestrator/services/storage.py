@@ -11,6 +11,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from sqlmodel import Session, select
+
+from orchestrator.models.clip import Clip
+from orchestrator.models.voice import Voice
+
 
 class AudioStore:
     def __init__(self, root: Path):
@@ -70,3 +75,10 @@ class AudioStore:
             file.unlink(missing_ok=True)
             removed.append(file.name)
         return removed
+
+
+def file_in_use(session: Session, sha256: str) -> bool:
+    """Whether a clip or a voice row names the file (after dropping the session's failed transaction, if any)."""
+    session.rollback()
+    return (session.exec(select(Clip.id).where(Clip.file_sha256 == sha256)).first() is not None
+            or session.exec(select(Voice.id).where(Voice.audio_sha256 == sha256)).first() is not None)

@@ -13,7 +13,7 @@ from engine.errors import InvalidRequest
 from orchestrator.core.config import Settings
 from orchestrator.models.voice import Voice, VoiceLatents
 from orchestrator.services import codecs
-from orchestrator.services.storage import AudioStore
+from orchestrator.services.storage import AudioStore, file_in_use
 from orchestrator.services.triton import TritonClient
 
 TRIM_DBFS = -45.0      # leading and trailing audio quieter than this (relative to the peak) is cut
@@ -64,21 +64,42 @@ def combine_samples(samples: list[np.ndarray], max_seconds: float) -> np.ndarray
     return joined
 
 
+def store_voice(session: Session, store: AudioStore, voice: Voice, prompt_wav: bytes,
+                latents: list[VoiceLatents] = ()) -> Voice:
+    """The voice's prompt file and its rows, created together. A taken name raises IntegrityError and leaves
+    nothing behind."""
+    with store.written(prompt_wav, lambda sha: file_in_use(session, sha)) as sha256:
+        voice.audio_sha256 = sha256
+        session.add(voice)
+        session.flush()
+        for row in latents:
+            row.voice_id = voice.id
+            session.add(row)
+        session.commit()
+    session.refresh(voice)
+    return voice
+
+
+def clone_voice(session: Session, store: AudioStore, samples: list[tuple[bytes, str]], settings: Settings,
+                **fields) -> Voice:
+    """A new voice from (recording, label) samples: each cleaned, then combined into one prompt; `fields` are the
+    Voice's name, description and tags."""
+    cleaned = [clean_sample(data, label, settings) for data, label in samples]
+    audio = combine_samples(cleaned, settings.max_prompt_seconds)
+    voice = Voice(**fields, audio_sha256="", duration_s=audio.size / SAMPLE_RATE, source_count=len(cleaned))
+    return store_voice(session, store, voice, codecs.encode(audio, codecs.FORMATS["wav"]))
+
+
 def add_starter_voices(session: Session, store: AudioStore, folder: Path, settings: Settings) -> list[str]:
     """A voice per audio file of `folder` (named after the file) unless one has that name already; the names
     added. Used by demos to start with voices to try."""
     added = []
     for file in sorted(p for p in folder.iterdir() if p.suffix.lower() in STARTER_SUFFIXES):
         name = file.stem.capitalize()
-        if session.exec(select(Voice.id).where(Voice.name == name)).first() is not None:
-            continue
-        audio = combine_samples([clean_sample(file.read_bytes(), file.name, settings)], settings.max_prompt_seconds)
-        data = codecs.encode(audio, codecs.FORMATS["wav"])
-        voice = Voice(name=name, description=f"starter voice from {file.name}", audio_sha256=store.write(data),
-                      duration_s=audio.size / SAMPLE_RATE)
-        session.add(voice)
-        session.commit()
-        added.append(name)
+        if session.exec(select(Voice.id).where(Voice.name == name)).first() is None:
+            clone_voice(session, store, [(file.read_bytes(), file.name)], settings, name=name,
+                        description=f"starter voice from {file.name}")
+            added.append(name)
     return added
 
 

@@ -1,4 +1,6 @@
 """/ws/v2/stream: JSON events around binary PCM16 chunks; cancel stops the generation and stores nothing."""
+import json
+
 import numpy as np
 
 REQUEST = {"script": "Speaker 0: Streaming over a socket, one chunk at a time.", "voices": {"0": "Alice"}, "seed": 4}
@@ -14,7 +16,6 @@ def receive_all(websocket):
         if message.get("bytes") is not None:
             audio.append(message["bytes"])
         else:
-            import json
             events.append(json.loads(message["text"]))
 
 

@@ -80,6 +80,14 @@ def test_edit_get_by_name_and_delete(client, alice, settings):
     assert not any(p.is_file() for p in settings.audio_dir.rglob("*"))
 
 
+def test_any_voice_name_gives_a_safe_download_name(client):
+    voice = create_voice(client, 'Ana "la voz" 語')
+    for url, suffix in ((voice["audio_url"], ".wav"), (f"/api/v2/voices/{voice['id']}/export", ".voice.zip")):
+        response = client.get(url)
+        assert response.status_code == 200
+        assert f"filename*=UTF-8''Ana%20la%20voz%20%E8%AA%9E{suffix}" in response.headers["content-disposition"]
+
+
 def test_latents_are_computed_once_and_usage_is_counted(client, alice):
     for seed in (1, 2):
         response = client.post("/api/v2/generate", json={"script": "Speaker 0: Hello there, how are you?",

@@ -30,8 +30,8 @@ async def generate(request: GenerateRequest, services: ServicesDep, session: Ses
     plan = await generation.plan(session, request, services.settings, services.triton, services.store, source)
     if not request.stream:
         with metrics.ACTIVE_STREAMS.track_inprogress():
-            clip = await generation.generate_clip(services.engine, plan, services.settings, services.triton, services.store)
-        metrics.AUDIO_SECONDS.labels(source).inc(clip.duration_s)
+            clip = await generation.generate_clip(services.engine, plan, services.settings, services.triton,
+                                                  services.store)
         metrics.GENERATIONS.labels(source, "done").inc()
         return ClipPublic.of(clip)
     return StreamingResponse(_stream(plan, services), media_type=plan.fmt.media_type,
@@ -55,9 +55,8 @@ async def _stream(plan, services):
                     first = False
                 yield codecs.pcm16(samples).astype("<i2").tobytes()
         audio = generation.joined(parts)
-        clip = await run_in_threadpool(generation.save_clip, services.engine, services.store, plan, audio,
-                                       time.perf_counter() - started, reason)
-        metrics.AUDIO_SECONDS.labels(plan.source).inc(clip.duration_s)
+        await run_in_threadpool(generation.save_clip, services.engine, services.store, plan, audio,
+                                time.perf_counter() - started, reason)
         outcome = "done"
     except Exception:
         outcome = "failed"

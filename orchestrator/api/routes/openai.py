@@ -94,7 +94,6 @@ async def speech(body: SpeechRequest, services: ServicesDep, session: SessionDep
                           headers={"Retry-After": str(services.settings.retry_after_s)}) from None
     except TritonFailed as exc:
         raise OpenAIError(502, str(exc), kind="server_error") from None
-    metrics.AUDIO_SECONDS.labels("openai").inc(clip.duration_s)
     metrics.GENERATIONS.labels("openai", "done").inc()
     return Response(services.store.read(clip.file_sha256), media_type=plan.fmt.media_type,
                     headers={"X-Clip-Id": clip.id})

@@ -70,7 +70,6 @@ async def _run(websocket: WebSocket, plan, services):
         else:
             clip = await run_in_threadpool(generation.save_clip, services.engine, services.store, plan,
                                            generation.joined(parts), time.perf_counter() - started, reason)
-            metrics.AUDIO_SECONDS.labels("websocket").inc(clip.duration_s)
             metrics.GENERATIONS.labels("websocket", "done").inc()
             return clip
         metrics.GENERATIONS.labels("websocket", "cancelled").inc()

@@ -21,8 +21,9 @@ from orchestrator.api.deps import PrincipalDep, ServicesDep, SessionDep
 from orchestrator.models.common import clean_name, clean_tags, decode_tags, encode_tags, tag_pattern, utcnow
 from orchestrator.models.generation import GenerateRequest
 from orchestrator.models.voice import Voice, VoiceLatents, VoiceList, VoicePublic, VoiceUpdate
-from orchestrator.services import codecs, generation
-from orchestrator.services.voices import clean_sample, combine_samples
+from orchestrator.services import archives, codecs, generation
+from orchestrator.services.storage import file_in_use
+from orchestrator.services.voices import clone_voice, store_voice
 
 router = APIRouter(prefix="/api/v2/voices", tags=["voices"])
 
@@ -52,24 +53,8 @@ async def _read_upload(upload: UploadFile, limit: int) -> bytes:
     return data
 
 
-def _commit_new_voice(session: Session, services, voice: Voice, data: bytes,
-                      latents: list[VoiceLatents] = ()) -> Voice:
-    """The voice's prompt file (WAV bytes) and rows, created together; a taken name is a 409 and leaves nothing
-    behind."""
-    name = voice.name
-    try:
-        with services.store.written(data, lambda sha: generation.file_in_use(session, sha)) as sha256:
-            voice.audio_sha256 = sha256
-            session.add(voice)
-            session.flush()
-            for row in latents:
-                row.voice_id = voice.id
-                session.add(row)
-            session.commit()
-    except IntegrityError:
-        raise HTTPException(409, f"a voice named {name!r} exists already; choose another name") from None
-    session.refresh(voice)
-    return voice
+def _name_taken(name: str) -> HTTPException:
+    return HTTPException(409, f"a voice named {name!r} exists already; choose another name")
 
 
 @router.post("", status_code=201, response_model=VoicePublic)
@@ -81,13 +66,14 @@ async def create_voice(services: ServicesDep, session: SessionDep, principal: Pr
     settings = services.settings
     if len(samples) > settings.max_voice_samples:
         raise InvalidRequest(f"{len(samples)} samples sent; a voice takes at most {settings.max_voice_samples}")
-    cleaned = [clean_sample(await _read_upload(s, settings.max_upload_bytes), f"sample {i} ({s.filename})", settings)
+    uploads = [(await _read_upload(s, settings.max_upload_bytes), f"sample {i} ({s.filename})")
                for i, s in enumerate(samples)]
-    audio = combine_samples(cleaned, settings.max_prompt_seconds)
-    voice = Voice(name=clean_name(name, "a voice's name", NAME_LIMIT), description=description.strip(),
-                  tags=encode_tags(_split_tags(tags)),
-                  audio_sha256="", duration_s=audio.size / SAMPLE_RATE, source_count=len(cleaned))
-    voice = _commit_new_voice(session, services, voice, codecs.encode(audio, codecs.FORMATS["wav"]))
+    name = clean_name(name, "a voice's name", NAME_LIMIT)
+    try:
+        voice = clone_voice(session, services.store, uploads, settings, name=name, description=description.strip(),
+                            tags=encode_tags(_split_tags(tags)))
+    except IntegrityError:
+        raise _name_taken(name) from None
     return VoicePublic.of(voice)
 
 
@@ -133,7 +119,7 @@ def update_voice(voice_id: str, update: VoiceUpdate, session: SessionDep, princi
         session.commit()
     except IntegrityError:
         session.rollback()
-        raise HTTPException(409, f"a voice named {name!r} exists already; choose another name") from None
+        raise _name_taken(name) from None
     return VoicePublic.of(voice)
 
 
@@ -144,7 +130,7 @@ def delete_voice(voice_id: str, services: ServicesDep, session: SessionDep, prin
     sha256 = voice.audio_sha256
     session.delete(voice)
     session.commit()
-    services.store.discard(sha256, lambda sha: generation.file_in_use(session, sha))
+    services.store.discard(sha256, lambda sha: file_in_use(session, sha))
     return Response(status_code=204)
 
 
@@ -153,7 +139,7 @@ def voice_audio(voice_id: str, services: ServicesDep, session: SessionDep, princ
     """The voice's prompt as it is sent to the model (24 kHz mono WAV)."""
     voice = get_voice(session, voice_id)
     return Response(services.store.read(voice.audio_sha256), media_type="audio/wav",
-                    headers={"Content-Disposition": f'inline; filename="{voice.name}.wav"'})
+                    headers=archives.attachment(f"{archives.file_stem(voice.name, voice.id)}.wav", "inline"))
 
 
 @router.get("/{voice_id}/preview")
@@ -186,7 +172,7 @@ def export_voice(voice_id: str, services: ServicesDep, session: SessionDep, prin
             np.save(npy, latents)
             archive.writestr(f"latents/{row.model_id}.npy", npy.getvalue())
     return Response(buffer.getvalue(), media_type="application/zip",
-                    headers={"Content-Disposition": f'attachment; filename="{voice.name}.voice.zip"'})
+                    headers=archives.attachment(f"{archives.file_stem(voice.name, voice.id)}.voice.zip"))
 
 
 @router.post("/import", status_code=201, response_model=VoicePublic)
@@ -220,8 +206,11 @@ async def import_voice(services: ServicesDep, session: SessionDep, principal: Pr
         values = values.astype("<f4")
         rows.append(VoiceLatents(voice_id="", model_id=model_id, frames=values.shape[0], latent_dim=values.shape[1],
                                  data=values.tobytes()))
-    voice = Voice(name=clean_name(name or str(meta.get("name", "")), "a voice's name", NAME_LIMIT),
-                  description=str(meta.get("description", "")),
+    name = clean_name(name or str(meta.get("name", "")), "a voice's name", NAME_LIMIT)
+    voice = Voice(name=name, description=str(meta.get("description", "")),
                   tags=encode_tags(clean_tags(meta.get("tags", []))), audio_sha256="",
                   duration_s=info.frames / SAMPLE_RATE, source_count=int(meta.get("source_count", 1)))
-    return VoicePublic.of(_commit_new_voice(session, services, voice, prompt, rows))
+    try:
+        return VoicePublic.of(store_voice(session, services.store, voice, prompt, rows))
+    except IntegrityError:
+        raise _name_taken(name) from None
