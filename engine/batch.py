@@ -32,7 +32,7 @@ from engine.errors import InvalidRequest
 from engine.prompt import PreparedPrompt
 from engine.request import MAX_DIFFUSION_STEPS, SynthesisOptions
 from engine.runtime.base import Runtime
-from engine.sampler import schedule_table, solve
+from engine.sampler import schedule_table
 
 CONTEXT_BUCKET = 256  # attended context is rounded up to a power-of-two multiple of this
 PREFILL_TOKENS = 16384  # joining prompts are prefilled together, up to this many (padded) tokens per LM call
@@ -74,8 +74,13 @@ class BatchEngine:
         kv_shape = (spec.num_layers, 2 * n, spec.kv_heads, settings.max_context, spec.head_dim)
         self._keys = torch.zeros(kv_shape, dtype=dt, device=dev)
         self._values = torch.zeros(kv_shape, dtype=dt, device=dev)
-        self._caches = [torch.zeros(n, c.channels, c.width, dtype=dt, device=dev)
-                        for c in spec.decoder_caches + spec.semantic_caches]
+        # Every streaming-conv cache of a slot lives in one row of `_conv_state`, each channels-last ([width, channels],
+        # the torch runtime's layout): a frame updates them all in one select. `_caches` are their [n, C, W] views.
+        specs = spec.decoder_caches + spec.semantic_caches
+        self._conv_state = torch.zeros(n, sum(c.channels * c.width for c in specs), dtype=dt, device=dev)
+        offsets = itertools.accumulate((c.channels * c.width for c in specs), initial=0)
+        self._caches = [self._conv_state[:, start:start + c.channels * c.width].view(n, c.width, c.channels)
+                        .transpose(1, 2) for start, c in zip(offsets, specs)]
         self._decoder_count = len(spec.decoder_caches)
         self._positive_hidden = torch.zeros(n, spec.hidden_size, dtype=dt, device=dev)
         self._negative_hidden = torch.zeros(n, spec.hidden_size, dtype=dt, device=dev)
@@ -148,8 +153,7 @@ class BatchEngine:
         self._prefill([2 * i + 1 for i in indices], [bos] * len(requests))
         ids = []
         for index, (prompt, options) in zip(indices, requests):
-            for cache in self._caches:
-                cache[index].zero_()
+            self._conv_state[index].zero_()
             self._positive_len[index] = prompt.length
             self._negative_len[index] = 0  # the bos prefill is the first speculative negative step
             self._cfg[index] = options.cfg_scale
@@ -208,7 +212,7 @@ class BatchEngine:
             used = max(moved.positive_len, 1) + 1  # the negative row is never longer than the positive one
             for kv in (self._keys, self._values):
                 kv[:, 2 * index:2 * index + 2, :, :used] = kv[:, 2 * last:2 * last + 2, :, :used]
-            for state in (*self._caches, self._positive_hidden, self._negative_hidden, self._logits,
+            for state in (self._conv_state, self._positive_hidden, self._negative_hidden, self._logits,
                           self._positive_len, self._negative_len, self._cfg, self._exact, self._table):
                 state[index] = state[last]
             self._slots[index] = moved
@@ -295,15 +299,16 @@ class BatchEngine:
         tokens = self._token_ids[choice]
         speech = tokens == spec.audio_token_id
 
-        latents = solve(rt.diffusion_head, self._noise[:n], self._positive_hidden[:n], self._negative_hidden[:n],
+        latents = rt.solve(self._noise[:n], self._positive_hidden[:n], self._negative_hidden[:n],
                         self._cfg[:n], self._table[:n, :steps])
         caches = [cache[:n] for cache in self._caches]
         decoded, *decoder_caches = rt.decode((latents / spec.latent_scale - spec.latent_bias)[:, :, None],
                                              *caches[:self._decoder_count])
         semantic, *semantic_caches = rt.semantic(decoded, *caches[self._decoder_count:])
-        keep, clear = speech[:, None, None], (tokens == spec.audio_eos_id)[:, None, None]
-        for cache, new in zip(caches, decoder_caches + semantic_caches):
-            cache.copy_(torch.where(keep, new, torch.where(clear, torch.zeros_like(cache), cache)))
+        new_state = torch.cat([new.transpose(1, 2).reshape(n, -1) for new in decoder_caches + semantic_caches], dim=1)
+        state = self._conv_state[:n]
+        state.copy_(torch.where(speech[:, None], new_state,
+                                torch.where((tokens == spec.audio_eos_id)[:, None], 0.0, state)))
         speech_embeds = rt.acoustic_connector(latents) + rt.semantic_connector(semantic[:, 0])
         embeds = torch.where(speech[:, None], speech_embeds, rt.embed(tokens))
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
-from engine.quantize import linear, linear_params
+from engine.quantize import fuse_linears, linear, linear_params, linear_residual
 
 
 class LanguageModelStep(nn.Module):
@@ -68,61 +68,68 @@ class CachedLanguageModelStep(nn.Module):
     Every shape is fixed for a given (rows, context), so a step can be captured in a CUDA graph.
 
     embeds [R, H], positions [R], keys/values [layers, rows >= R, kv_heads, T, head_dim] -> hidden [R, H],
-    logits [R, V'] (the same outputs as LanguageModelStep for one new token). With `compile`, each decoder layer
-    runs as one torch.compile'd function of its weights (compiled once, shared by every layer, dynamic shapes).
+    logits [R, V'] (the same outputs as LanguageModelStep for one new token). Written for few kernels, since a
+    captured step is bound by their count, not by bytes: q, k and v in one product, gate and up in one, residuals
+    added by the products (addmm), fused RMSNorm, and the rotary tables and attention mask built once per step
+    rather than per layer. With `compile`, each decoder layer runs as one torch.compile'd function of its weights
+    (compiled once, shared by every layer, dynamic shapes).
     """
 
     def __init__(self, step: LanguageModelStep, compile: bool = False):
         super().__init__()
         self.step = step
         self.layer_weights = [_layer_weights(layer) for layer in step.lm.layers]
+        half = step.head_dim // 2
+        # rotate_half(x) * sin == roll(x, half) * (sign * sin): the sign is folded into the table once per step
+        sign = torch.cat([-torch.ones(half), torch.ones(half)]).to(step.token_weight.device)
+        self.register_buffer("rotation_sign", sign, persistent=False)
         self.layer = torch.compile(cached_decoder_layer, dynamic=True) if compile else cached_decoder_layer
 
     def forward(self, embeds, positions, keys, values, context: int):
         step, rows = self.step, embeds.shape[0]
-        hidden = embeds[:, None]
-        cos, sin = step.lm.rotary_emb(hidden, positions[:, None])
+        cos, sin = step.lm.rotary_emb(embeds[:, None], positions[:, None])  # [R, 1, head_dim]
+        sin = sin * self.rotation_sign.to(sin.dtype)
         visible = torch.arange(context, device=embeds.device)[None] <= positions[:, None]  # [R, context]
+        mask = torch.zeros(visible.shape, dtype=embeds.dtype, device=embeds.device).masked_fill_(
+            ~visible, torch.finfo(embeds.dtype).min)[:, None, None]
         slot = positions[:, None, None, None].expand(rows, step.kv_heads, 1, step.head_dim)
+        hidden = embeds
         for i, weights in enumerate(self.layer_weights):
             hidden = self.layer(hidden, weights, cos, sin, keys[i, :rows, :, :context],
-                                values[i, :rows, :, :context], slot, visible, step.heads, step.kv_heads)
-        hidden = step.lm.norm(hidden)[:, 0]
+                                values[i, :rows, :, :context], slot, mask, step.heads, step.kv_heads)
+        norm = step.lm.norm
+        hidden = F.rms_norm(hidden, hidden.shape[-1:], norm.weight, norm.variance_epsilon)
         return hidden, hidden @ step.token_weight.T
 
 
 def _layer_weights(layer: nn.Module) -> dict:
-    """A decoder layer's tensors; each linear as `linear_params` (float or quantized weights alike)."""
+    """A decoder layer's tensors; its linears as `linear_params` (float or quantized weights alike), q/k/v and
+    gate/up fused (the modules keep views of the fused weights)."""
     attn, mlp = layer.self_attn, layer.mlp
     return {"norm1": layer.input_layernorm.weight, "eps": layer.input_layernorm.variance_epsilon,
-            "q": linear_params(attn.q_proj), "k": linear_params(attn.k_proj), "v": linear_params(attn.v_proj),
-            "o": linear_params(attn.o_proj), "scaling": attn.scaling, "norm2": layer.post_attention_layernorm.weight,
-            "gate": linear_params(mlp.gate_proj), "up": linear_params(mlp.up_proj),
-            "down": linear_params(mlp.down_proj)}
+            "qkv": fuse_linears([attn.q_proj, attn.k_proj, attn.v_proj]), "o": linear_params(attn.o_proj),
+            "scaling": attn.scaling, "norm2": layer.post_attention_layernorm.weight,
+            "gate_up": fuse_linears([mlp.gate_proj, mlp.up_proj]), "down": linear_params(mlp.down_proj)}
 
 
-def _rms_norm(x, weight, eps):
-    """Qwen2RMSNorm: normalised in float32, scaled in the input's dtype."""
-    x32 = x.float()
-    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-
-
-def cached_decoder_layer(hidden, w, cos, sin, keys, values, slot, visible, heads: int, kv_heads: int):
-    """One Qwen2 decoder layer for one new token per row, as transformers computes it, writing its key and value
-    into `keys`/`values` [R, kv, context, d] at `slot` and attending over `visible` [R, context]."""
+def cached_decoder_layer(hidden, w, cos, sin, keys, values, slot, mask, heads: int, kv_heads: int):
+    """One Qwen2 decoder layer for one new token per row (hidden [R, H]), writing its key and value into
+    `keys`/`values` [R, kv, context, d] at `slot` and attending with the additive `mask` [R, 1, 1, context].
+    `sin` carries rotate_half's sign (see CachedLanguageModelStep)."""
     rows, head_dim = hidden.shape[0], keys.shape[-1]
-    x = _rms_norm(hidden, w["norm1"], w["eps"])
-    q = linear(x, *w["q"]).view(rows, 1, heads, head_dim).transpose(1, 2)
-    k = linear(x, *w["k"]).view(rows, 1, kv_heads, head_dim).transpose(1, 2)
-    v = linear(x, *w["v"]).view(rows, 1, kv_heads, head_dim).transpose(1, 2)
-    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    x = F.rms_norm(hidden, hidden.shape[-1:], w["norm1"], w["eps"])
+    qkv = linear(x, *w["qkv"])
+    qk = qkv[:, :(heads + kv_heads) * head_dim].view(rows, heads + kv_heads, head_dim)
+    qk = torch.addcmul(qk * cos, qk.roll(head_dim // 2, dims=-1), sin)
+    q, k = qk[:, :heads, None], qk[:, heads:, None]  # [R, heads, 1, d], [R, kv, 1, d]
+    v = qkv[:, (heads + kv_heads) * head_dim:].view(rows, kv_heads, 1, head_dim)
     keys.scatter_(2, slot, k)
     values.scatter_(2, slot, v)
-    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None, None], scale=w["scaling"],
-                                         enable_gqa=True)
-    hidden = hidden + linear(out.transpose(1, 2).reshape(rows, 1, -1), *w["o"])
-    x = _rms_norm(hidden, w["norm2"], w["eps"])
-    return hidden + linear(F.silu(linear(x, *w["gate"])) * linear(x, *w["up"]), *w["down"])
+    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=w["scaling"], enable_gqa=True)
+    hidden = linear_residual(out.reshape(rows, heads * head_dim), hidden, *w["o"])
+    x = F.rms_norm(hidden, hidden.shape[-1:], w["norm2"], w["eps"])
+    gate, up = linear(x, *w["gate_up"]).chunk(2, dim=-1)
+    return linear_residual(F.silu(gate) * up, hidden, *w["down"])
 
 
 @dataclass(frozen=True)
@@ -190,6 +197,58 @@ class DiffusionHeadStep(nn.Module):
 
     def forward(self, noisy, timesteps, condition):
         return self.head(noisy, timesteps, condition)
+
+
+class DiffusionSolver(nn.Module):
+    """engine.sampler.solve over VibeVoice's diffusion head, written for few kernels. Whatever depends only on the
+    condition and the timestep is computed before the loop in a few large products: the condition's projection,
+    every step's timestep embedding, and every layer's adaLN modulation (shift, 1 + scale, gate) for every step.
+    Each step then runs only the noisy-latent projection and the layers' norm, modulation and MLP (gate and up
+    fused), and the guidance as one lerp. The head's modules keep views of the fused weights.
+
+    noise [B, D], cond_pos/cond_neg [B, H], cfg [B], table [B, steps, 6] (engine.sampler.schedule_table) -> [B, D]
+    """
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+        layers, final = head.layers, head.final_layer
+        self.hidden = head.cond_proj.weight.shape[0]
+        self.modulation = fuse_linears([layer.linear for layer in layers] + [final.linear_1])[0]
+        # rows of the fused modulation: (shift, scale, gate) per layer, then the final layer's (shift, scale);
+        # adding 1 to every scale row's output turns the product into (1 + scale) directly
+        chunks = [("shift", "scale", "gate")] * len(layers) + [("shift", "scale")]
+        offset = torch.tensor([1.0 if kind == "scale" else 0.0 for layer in chunks for kind in layer])
+        self.register_buffer("scale_offset", offset.repeat_interleave(self.hidden).to(self.modulation),
+                             persistent=False)
+        self.gate_up = [fuse_linears([layer.ffn.gate_proj, layer.ffn.up_proj]) for layer in layers]
+
+    def forward(self, noise, cond_pos, cond_neg, cfg, table):
+        head, rows, steps, width = self.head, noise.shape[0], table.shape[1], self.hidden
+        condition = head.cond_proj(torch.cat([cond_pos, cond_neg]))  # positive rows, then negative rows
+        timesteps = table[:, :, 0].repeat(2, 1).reshape(-1)
+        embedded = head.timestep_proj(head.timestep_embedding(timesteps).to(timesteps.dtype))
+        condition = (condition[:, None] + embedded.view(2 * rows, steps, width)).view(-1, width)
+        modulation = torch.addmm(self.scale_offset, head.layers[0].act_fn(condition), self.modulation.t())
+        modulation = modulation.view(2 * rows, steps, -1, width)  # [2B, steps, chunks, H]
+        x, previous_x0, guidance = noise, torch.zeros_like(noise), cfg[:, None]
+        for i in range(steps):
+            alpha, sigma, a, b, c = (column[:, None] for column in table[:, i, 1:].unbind(-1))
+            hidden = head.noisy_images_proj(x).repeat(2, 1)
+            chunk = modulation[:, i]
+            for j, layer in enumerate(head.layers):
+                shift, scale, gate = chunk[:, 3 * j], chunk[:, 3 * j + 1], chunk[:, 3 * j + 2]
+                normed = F.rms_norm(hidden, (width,), layer.norm.weight, layer.norm.variance_epsilon)
+                g, u = linear(torch.addcmul(shift, normed, scale), *self.gate_up[j]).chunk(2, dim=-1)
+                hidden = torch.addcmul(hidden, gate, layer.ffn.down_proj(layer.ffn.act_fn(g) * u))
+            normed = F.rms_norm(hidden, (width,), eps=head.final_layer.rms_norm_eps)
+            v = head.final_layer.linear_2(torch.addcmul(chunk[:, -2], normed, chunk[:, -1]))
+            v_pos, v_neg = v.chunk(2, dim=0)
+            v = torch.lerp(v_neg, v_pos, guidance)  # v_neg + cfg * (v_pos - v_neg)
+            x0 = alpha * x - sigma * v
+            x = a * x + b * x0 + c * (x0 - previous_x0)
+            previous_x0 = x0
+        return x
 
 
 class VoiceEncoder(nn.Module):

@@ -72,6 +72,41 @@ def linear_params(module: nn.Module) -> tuple:
     return module.weight, module.bias
 
 
+def fuse_linears(modules: list[nn.Module]) -> tuple:
+    """`linear_params` of one linear that computes several sharing an input (q, k and v; gate and up): weights,
+    biases and scales concatenated along the output dimension. Each module's tensors become views of the fused ones,
+    so the modules still work and no memory is added."""
+    weight = torch.cat([m.weight for m in modules])
+    biases = [m.bias for m in modules if m.bias is not None]
+    bias = None
+    if biases:  # a module without one gets zeros in the fused bias
+        bias = torch.cat([biases[0].new_zeros(m.weight.shape[0]) if m.bias is None else m.bias for m in modules])
+    quantized = isinstance(modules[0], QuantizedLinear)
+    scale = torch.cat([m.scale for m in modules]) if quantized else None
+    start = 0
+    for module in modules:
+        end = start + module.weight.shape[0]
+        if quantized:
+            module.weight, module.scale = weight[start:end], scale[start:end]
+            if module.bias is not None:
+                module.bias = bias[start:end]
+        else:
+            module.weight = nn.Parameter(weight[start:end], requires_grad=False)
+            if module.bias is not None:
+                module.bias = nn.Parameter(bias[start:end], requires_grad=False)
+        start = end
+    if quantized:
+        return weight, bias, scale, all(m.scaled_mm for m in modules)
+    return weight, bias
+
+
+def linear_residual(x, residual, weight, bias=None, scale=None, scaled_mm: bool = False):
+    """residual + linear(x, ...): one addmm for a float weight without bias (x and residual [rows, in/out])."""
+    if scale is None and bias is None:
+        return torch.addmm(residual, x, weight.t())
+    return residual + linear(x, weight, bias, scale, scaled_mm)
+
+
 def linear(x, weight, bias=None, scale=None, scaled_mm: bool = False):
     """F.linear, or the quantized product when the weight comes with its per-output-channel `scale`; the result is in
     x's dtype."""

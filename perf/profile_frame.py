@@ -1,8 +1,10 @@
 """Where a captured frame's time goes: each piece of the frame captured as its own CUDA graph and replayed.
 
-    python perf/profile_frame.py --size 1.5B --slots 1 64
+    python perf/profile_frame.py --size 1.5B --slots 1 64 [--kernels 12]
 
-Times are GPU times of graph replays (no launch overhead), bf16, random weights, attended context 512.
+Times are GPU times of graph replays (no launch overhead), bf16, random weights, attended context 512. With
+--kernels N, each piece also runs once eagerly under the profiler: its kernel count, the sum of its kernels' GPU
+times (against the replay: the rest is the gaps between kernels) and its N costliest kernels.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import torch
 from engine.checkpoint import random_checkpoint
 from engine.config import HOP_SAMPLES
 from engine.runtime.torch_runtime import TorchRuntime
-from engine.sampler import schedule_table, solve
+from engine.sampler import schedule_table
 
 
 def replay_ms(fn, repeats: int = 50) -> float:
@@ -35,16 +37,36 @@ def replay_ms(fn, repeats: int = 50) -> float:
     return start.elapsed_time(end) / repeats
 
 
+def kernel_table(fn, top: int) -> str:
+    """One eager run of `fn` under the profiler: kernel count, summed kernel time and the costliest kernels."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    kernels: dict[str, list[float]] = {}
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            kernels.setdefault(event.name, []).append(event.device_time / 1000)
+    total = sum(sum(times) for times in kernels.values())
+    rows = sorted(kernels.items(), key=lambda item: -sum(item[1]))[:top]
+    lines = [f"    {sum(len(t) for t in kernels.values())} kernels, {total:.2f} ms of kernel time"]
+    lines += [f"    {sum(t):7.3f} ms {len(t):4d}x  {name[:110]}" for name, t in rows]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="1.5B")
     parser.add_argument("--slots", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--context", type=int, default=512)
+    parser.add_argument("--compile", action="store_true", help="the pieces as TorchRuntime(compile=True) runs them")
+    parser.add_argument("--kernels", type=int, default=0, help="list each piece's N costliest kernels")
     args = parser.parse_args()
     checkpoint = random_checkpoint(args.size, device="cuda")
-    rt = TorchRuntime(checkpoint, "cuda", torch.bfloat16)
+    rt = TorchRuntime(checkpoint, "cuda", torch.bfloat16, compile=args.compile)
     spec, dt = rt.spec, torch.bfloat16
-    print(f"{args.size}, bf16, context {args.context}: ms per replay")
+    print(f"{args.size}, bf16{', compiled' if args.compile else ''}, context {args.context}: ms per replay")
     for n in args.slots:
         keys = torch.randn(spec.num_layers, 2 * n, spec.kv_heads, args.context, spec.head_dim, dtype=dt,
                            device="cuda")
@@ -57,11 +79,12 @@ def main() -> None:
         table = torch.tensor(schedule_table([10] * n), dtype=dt, device="cuda")
         latents = torch.randn(n, spec.latent_dim, 1, dtype=dt, device="cuda")
         audio = torch.randn(n, 1, HOP_SAMPLES, dtype=dt, device="cuda")
-        decoder = [torch.zeros(n, c.channels, c.width, dtype=dt, device="cuda") for c in spec.decoder_caches]
-        semantic = [torch.zeros(n, c.channels, c.width, dtype=dt, device="cuda") for c in spec.semantic_caches]
+        # caches as the engine holds them: channels-last, seen as [n, C, W]
+        decoder, semantic = ([torch.zeros(n, c.width, c.channels, dtype=dt, device="cuda").transpose(1, 2)
+                              for c in specs] for specs in (spec.decoder_caches, spec.semantic_caches))
         parts = {
             "lm step (pos+neg rows)": lambda: rt.lm_cached(embeds, positions, keys, values, args.context),
-            "diffusion solve (10 steps)": lambda: solve(rt.diffusion_head, noise, hidden, hidden, cfg, table),
+            "diffusion solve (10 steps)": lambda: rt.solve(noise, hidden, hidden, cfg, table),
             "acoustic decoder": lambda: rt.decode(latents, *decoder),
             "semantic encoder": lambda: rt.semantic(audio, *semantic),
             "connectors + embed": lambda: rt.acoustic_connector(noise) + rt.semantic_connector(
@@ -70,6 +93,9 @@ def main() -> None:
         times = {name: replay_ms(fn) for name, fn in parts.items()}
         print(f"slots {n}: " + ", ".join(f"{name} {ms:.2f}" for name, ms in times.items())
               + f"; sum {sum(times.values()):.2f}")
+        if args.kernels:
+            for name, fn in parts.items():
+                print(f"  {name}, replay {times[name]:.2f} ms; eager:\n{kernel_table(fn, args.kernels)}")
 
 
 if __name__ == "__main__":

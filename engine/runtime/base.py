@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from engine.network import ConvCacheSpec
+from engine.sampler import solve
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ class Runtime:
     lm(embeds [B,S,H], positions [B,S], past_k, past_v [layers,B,kv,T,d], past_valid [B,T] bool)
         -> hidden [B,S,H], logits [B,S,len(token_ids)], new_k, new_v [layers,B,kv,S,d]
     diffusion_head(noisy [B,D], timesteps [B], condition [B,H]) -> v [B,D]
+    solve(noise [B,D], cond_pos, cond_neg [B,H], cfg [B], table [B,steps,6]) -> latents [B,D]: the guided
+        diffusion solve (engine.sampler.solve) over diffusion_head
     acoustic_connector(latents [N,D]) -> [N,H];  semantic_connector(semantic [N,D']) -> [N,H]
     decode(latents [B,D,1], *caches) -> (audio [B,1,3200], *caches)
     semantic(audio [B,1,3200], *caches) -> (semantic [B,1,D'], *caches)
@@ -81,6 +84,10 @@ class Runtime:
     spec: ModelSpec
     device: torch.device
     dtype: torch.dtype
+
+    def solve(self, noise, cond_pos, cond_neg, cfg, table):
+        """Through `diffusion_head`, one call per step (runtimes that hold the head as one graph)."""
+        return solve(self.diffusion_head, noise, cond_pos, cond_neg, cfg, table)
 
     def lm_cached(self, embeds, positions, keys, values, context: int):
         """Through `lm` over the cache's live prefix (runtimes whose graphs cannot write in place)."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 import torch
 
 from engine.checkpoint import Checkpoint
-from engine.network import (CachedLanguageModelStep, DiffusionHeadStep, LanguageModelStep, StreamingConvStep,
+from engine.network import (CachedLanguageModelStep, DiffusionHeadStep, DiffusionSolver, LanguageModelStep,
                             VoiceEncoder)
 from engine.quantize import fp8_matmul_available, quantize_linears
 from engine.runtime.base import ModelSpec, Runtime
+from engine.tokenizer_step import TokenizerStep
 
 
 class TorchRuntime(Runtime):
@@ -16,7 +17,7 @@ class TorchRuntime(Runtime):
     def __init__(self, checkpoint: Checkpoint, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  voice_encoder_only: bool = False, compile: bool = False, quantized: str | None = None):
         """`voice_encoder_only` moves just the acoustic encoder to `device`; only `encode_voice` may be called.
-        `compile` runs the frame's pieces (LM layers, diffusion head, streaming decoder and semantic encoder)
+        `compile` runs the frame's pieces (LM layers, diffusion solve, streaming decoder and semantic encoder)
         through torch.compile, with dynamic shapes so that one compilation serves every batch size.
         `quantized` ("fp8" or "int8") stores the LM decoder layers' linear weights in 8 bits (engine/quantize.py);
         embeddings, the scored lm_head rows, the diffusion head and the convolutional tokenizers stay in `dtype`.
@@ -41,14 +42,15 @@ class TorchRuntime(Runtime):
         self._lm = LanguageModelStep(inner.language_model, model.lm_head, list(self.spec.token_ids))
         self._lm_cached = CachedLanguageModelStep(self._lm, compile=compile)
         self._head = DiffusionHeadStep(inner.diffusion_head)
+        self._solver = DiffusionSolver(inner.diffusion_head)
         self._acoustic_connector = inner.multi_modal_projector
         self._semantic_connector = inner.semantic_connector
-        self._decoder = StreamingConvStep(inner.audio_tower.decoder, "audio")
-        self._semantic = StreamingConvStep(inner.semantic_tokenizer_encoder, "latents")
+        self._decoder = TokenizerStep(inner.audio_tower.decoder)
+        self._semantic = TokenizerStep(inner.semantic_tokenizer_encoder)
         self._voice_encoder = VoiceEncoder(inner.audio_tower.encoder)
         if compile:
-            self._head, self._decoder, self._semantic = (torch.compile(module, dynamic=True)
-                                                         for module in (self._head, self._decoder, self._semantic))
+            self._solver, self._decoder, self._semantic = (torch.compile(module, dynamic=True)
+                                                           for module in (self._solver, self._decoder, self._semantic))
 
     def describe(self) -> str:
         held = str(self.dtype).removeprefix("torch.")
@@ -74,6 +76,10 @@ class TorchRuntime(Runtime):
     @torch.no_grad()
     def diffusion_head(self, noisy, timesteps, condition):
         return self._head(noisy, timesteps, condition)
+
+    @torch.no_grad()
+    def solve(self, noise, cond_pos, cond_neg, cfg, table):
+        return self._solver(noise, cond_pos, cond_neg, cfg, table)
 
     @torch.no_grad()
     def acoustic_connector(self, latents):

@@ -9,7 +9,9 @@ from engine.config import EngineSettings
 from engine.prompt import prepare_prompt
 from engine.request import SynthesisOptions, SynthesisRequest, Voice
 from engine.runtime import load_runtime
+from engine.quantize import fuse_linears, linear
 from engine.runtime.base import Runtime
+from engine.sampler import schedule_table, solve
 
 SCRIPT = "Speaker 0: Buckets, padding and compaction."
 
@@ -79,6 +81,33 @@ def test_in_place_kv_step_equals_the_step_over_a_copied_past(model):
     torch.testing.assert_close(logits, expected_logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(keys, copies[0], rtol=1e-5, atol=1e-5)  # the same positions written, nothing else
     torch.testing.assert_close(values, copies[1], rtol=1e-5, atol=1e-5)
+
+
+def test_fused_solver_equals_the_reference_solve_over_the_head(model):
+    """The runtime's solve (conditioning hoisted out of the loop, fused weights) against engine.sampler.solve calling
+    the head step by step, with a different step count and guidance per row (short rows end in identity steps)."""
+    runtime = model[0]
+    spec = runtime.spec
+    generator = torch.Generator().manual_seed(1)
+    noise = torch.randn(3, spec.latent_dim, generator=generator)
+    cond_pos, cond_neg = (torch.randn(3, spec.hidden_size, generator=generator) for _ in range(2))
+    cfg = torch.tensor([1.3, 1.0, 2.0])
+    table = torch.tensor(schedule_table([10, 5, 7]), dtype=torch.float32)
+    expected = solve(runtime.diffusion_head, noise, cond_pos, cond_neg, cfg, table)
+    torch.testing.assert_close(runtime.solve(noise, cond_pos, cond_neg, cfg, table), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_linears_compute_what_the_separate_ones_did_and_share_their_memory():
+    torch.manual_seed(0)
+    q, k = torch.nn.Linear(8, 6), torch.nn.Linear(8, 4, bias=False)
+    x = torch.randn(3, 8)
+    expected = torch.cat([q(x), k(x)], dim=-1)
+    weight, bias = fuse_linears([q, k])
+    torch.testing.assert_close(linear(x, weight, bias), expected)
+    assert weight.shape == (10, 8) and torch.equal(bias[6:], torch.zeros(4))  # k had no bias
+    torch.testing.assert_close(torch.cat([q(x), k(x)], dim=-1), expected)  # the modules still work...
+    assert q.weight.data_ptr() == weight.data_ptr()  # ...on views of the fused weight
+    assert k.weight.data_ptr() == weight[6:].data_ptr() and k.bias is None
 
 
 def test_a_stream_leaving_from_the_middle_leaves_the_others_unchanged(model, voices):

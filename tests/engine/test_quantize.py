@@ -128,9 +128,12 @@ def test_in_place_kv_step_equals_the_step_over_a_copied_past_with_quantized_weig
     copies = keys.clone(), values.clone()
     hidden, logits = runtime.lm_cached(embeds, positions, keys, values, 24)
     expected_hidden, expected_logits = Runtime.lm_cached(runtime, embeds, positions, *copies, 24)
-    torch.testing.assert_close(hidden, expected_hidden)  # bf16 tolerances; equal on CPU
-    torch.testing.assert_close(logits, expected_logits)
-    torch.testing.assert_close(keys, copies[0])  # the same positions written, nothing else
+    # bf16 tolerances, but absolute ones at the outputs' scale: the step rounds fewer times than the modules (fused
+    # norm, fused products), and a rounding that moves an fp8 activation by a step moves a value near zero by more
+    # (a key written at a wrong position would differ at the cache's scale, not by roundings)
+    for ours, theirs in ((hidden, expected_hidden), (logits, expected_logits), (keys, copies[0]),
+                         (values, copies[1])):
+        torch.testing.assert_close(ours, theirs, rtol=1.6e-2, atol=1e-2 * float(theirs.abs().max()))
 
 
 @pytest.fixture(scope="module")

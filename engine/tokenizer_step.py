@@ -1,0 +1,139 @@
+"""One streaming chunk through a tokenizer half (the acoustic decoder, the semantic encoder), written for few kernels.
+
+The same function as engine.network.StreamingConvStep over transformers' modules, with the same caches in and out,
+but computed channels-last ([batch, time, channels]), the layout in which the ConvNeXt blocks' norms and linears
+need no transposes:
+  - a block is ten kernels (fused RMSNorm, cache concatenation, depthwise convolution, residuals as addcmul) where
+    the modules' channels-first code launches about thirty;
+  - dense and strided convolutions are one product over the unfolded windows (the weights reshaped once);
+  - a transposed convolution whose kernel is twice its stride is one product and one overlap-add: each output
+    sample then depends on two input frames, so of its cache only the last frame is read.
+A captured frame is bound by its kernel count, and at many streams by the transposes this layout removes.
+
+Caches keep the modules' shape [batch, channels, width]; the ones returned are views of channels-last tensors
+(transposed), so a caller that stores them channels-last copies nothing.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.network import conv_cache_specs
+
+
+class TokenizerStep(nn.Module):
+    """forward(x, *caches) -> (y, *new_caches), as StreamingConvStep: the decoder maps latents [B, 64, 1] to audio
+    [B, 1, 3200]; an encoder maps audio [B, 1, 3200] to latents [B, 1, D]."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module  # transformers' modules, whose weights the ops read
+        self.specs = conv_cache_specs(module)
+        self.decoder = hasattr(module.conv_layers[0], "convtr")
+        self.ops = nn.ModuleList()
+        for stage in [module.stem, *module.conv_layers]:  # each stage: a (re)sampling convolution, then blocks
+            sampler = getattr(stage, "convtr", None) or stage.conv
+            self.ops.append(_TransposedConv(sampler) if hasattr(sampler, "convtr") else _Conv(sampler))
+            self.ops.extend(_Block(block) for block in stage.stage)
+        self.ops.append(_Conv(module.head))
+        if [op.cache_key for op in self.ops if op.width] != [spec.key for spec in self.specs]:
+            raise ValueError("the tokenizer's convolutions are not in the order of its caches")
+
+    def forward(self, x, *caches):
+        hidden = x.transpose(1, 2)  # [B, T, C]
+        new_caches = []
+        pending = iter(caches)
+        for op in self.ops:
+            cache = next(pending).transpose(1, 2) if op.width else None
+            hidden, new = op(hidden, cache)
+            if op.width:
+                new_caches.append(new.transpose(1, 2))
+        output = hidden.transpose(1, 2) if self.decoder else hidden  # audio [B, 1, T]; latents [B, T, D]
+        return (output, *new_caches)
+
+
+def _with_past(cache: torch.Tensor | None, x: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """x [B, T, C] behind its cached left context [B, width, C]: (padded input, the new cache: its last `width`)."""
+    if not width:
+        return x, None
+    padded = torch.cat([cache, x], dim=1)
+    return padded, padded[:, padded.shape[1] - width:]
+
+
+class _Conv(nn.Module):
+    """A causal convolution (any stride, no groups) as one product over its unfolded input windows."""
+
+    def __init__(self, causal: nn.Module):
+        super().__init__()
+        conv = causal.conv
+        if conv.groups != 1 or conv.dilation != (1,):
+            raise ValueError("dense causal convolutions without dilation only")
+        self.cache_key, self.width = causal.cache_key, causal.left_pad
+        self.kernel, self.stride = conv.kernel_size[0], conv.stride[0]
+        out_channels = conv.out_channels
+        self.register_buffer("weight", conv.weight.detach().reshape(out_channels, -1).t(), persistent=False)
+        self.register_buffer("bias", conv.bias.detach(), persistent=False)
+
+    def forward(self, x, cache):
+        padded, new = _with_past(cache, x, self.width)
+        batch = padded.shape[0]
+        windows = padded.unfold(1, self.kernel, self.stride)  # [B, T', C_in, kernel]
+        frames = windows.shape[1]
+        out = torch.addmm(self.bias, windows.reshape(batch * frames, -1), self.weight)
+        return out.view(batch, frames, -1), new
+
+
+class _TransposedConv(nn.Module):
+    """A causal transposed convolution with kernel = 2 x stride: out[t*s + r] = z[t, r] + z[t-1, s + r] + bias for
+    z = input @ W (each input frame's 2s output samples), so one product and one overlap-add."""
+
+    def __init__(self, causal: nn.Module):
+        super().__init__()
+        convtr = causal.convtr
+        self.cache_key, self.width = causal.cache_key, causal.left_pad
+        self.stride = convtr.stride[0]
+        kernel = convtr.kernel_size[0]
+        if kernel != 2 * self.stride or convtr.padding != (0,) or causal.padding_total != self.stride:
+            raise ValueError("causal transposed convolutions with kernel = 2 x stride only")
+        in_channels, out_channels, _ = convtr.weight.shape
+        # [C_in, C_out, 2s] -> [C_in, (2s, C_out)]: each input frame's output samples, channels-last
+        self.register_buffer("weight", convtr.weight.detach().permute(0, 2, 1).reshape(in_channels, -1),
+                             persistent=False)
+        # the bias is added once per output sample: on the first half of each frame's samples only
+        bias = torch.cat([convtr.bias.detach().repeat(self.stride), torch.zeros_like(convtr.bias).repeat(self.stride)])
+        self.register_buffer("bias", bias, persistent=False)
+        self.out_channels = out_channels
+
+    def forward(self, x, cache):
+        padded, new = _with_past(cache, x, self.width)
+        batch, frames = x.shape[0], x.shape[1]
+        inputs = padded[:, padded.shape[1] - frames - 1:]  # the current frames and the one before them
+        z = torch.addmm(self.bias, inputs.reshape(batch * (frames + 1), -1), self.weight)
+        z = z.view(batch, frames + 1, 2, self.stride, self.out_channels)
+        out = z[:, 1:, 0] + z[:, :-1, 1]  # [B, T, s, C_out]
+        return out.reshape(batch, frames * self.stride, self.out_channels), new
+
+
+class _Block(nn.Module):
+    """A ConvNeXt block: x + gamma * dwconv(norm(x)), then x + ffn_gamma * ffn(ffn_norm(x))."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+        mixer = block.mixer
+        if mixer.conv.dilation != (1,) or mixer.conv.stride != (1,):
+            raise ValueError("ConvNeXt mixers without dilation or stride only")
+        self.cache_key, self.width = mixer.cache_key, mixer.left_pad
+
+    def forward(self, x, cache):
+        block = self.block
+        width = (x.shape[-1],)
+        padded, new = _with_past(cache, F.rms_norm(x, width, block.norm.weight, block.norm.variance_epsilon),
+                                 self.width)
+        conv = block.mixer.conv
+        mixed = F.conv1d(padded.transpose(1, 2), conv.weight, conv.bias, groups=conv.groups)  # [B, C, T]
+        x = torch.addcmul(x, mixed.transpose(1, 2), block.gamma)
+        ffn = block.ffn
+        hidden = ffn.activation(ffn.linear1(F.rms_norm(x, width, block.ffn_norm.weight, block.ffn_norm.variance_epsilon)))
+        return torch.addcmul(x, ffn.linear2(hidden), block.ffn_gamma), new
