@@ -15,6 +15,8 @@ Caches keep the modules' shape [batch, channels, width]; the ones returned are v
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -116,7 +118,8 @@ class _TransposedConv(nn.Module):
 
 
 class _Block(nn.Module):
-    """A ConvNeXt block: x + gamma * dwconv(norm(x)), then x + ffn_gamma * ffn(ffn_norm(x))."""
+    """A ConvNeXt block: x + gamma * dwconv(norm(x)), then x + ffn_gamma * ffn(ffn_norm(x)). On CUDA, everything up to
+    the FFN's input is one Triton kernel (engine.triton_kernels.convnext_mixer)."""
 
     def __init__(self, block: nn.Module):
         super().__init__()
@@ -128,12 +131,26 @@ class _Block(nn.Module):
 
     def forward(self, x, cache):
         block = self.block
-        width = (x.shape[-1],)
-        padded, new = _with_past(cache, F.rms_norm(x, width, block.norm.weight, block.norm.variance_epsilon),
-                                 self.width)
-        conv = block.mixer.conv
-        mixed = F.conv1d(padded.transpose(1, 2), conv.weight, conv.bias, groups=conv.groups)  # [B, C, T]
-        x = torch.addcmul(x, mixed.transpose(1, 2), block.gamma)
+        mixer = _fused_mixer() if x.is_cuda and not torch.compiler.is_compiling() else None
+        norm, ffn_norm, conv = block.norm, block.ffn_norm, block.mixer.conv
+        if mixer is not None:
+            x, ffn_in, new = mixer(x, cache, norm.weight, norm.variance_epsilon, conv.weight, conv.bias, block.gamma,
+                                   ffn_norm.weight, ffn_norm.variance_epsilon)
+        else:
+            width = (x.shape[-1],)
+            padded, new = _with_past(cache, F.rms_norm(x, width, norm.weight, norm.variance_epsilon), self.width)
+            mixed = F.conv1d(padded.transpose(1, 2), conv.weight, conv.bias, groups=conv.groups)  # [B, C, T]
+            x = torch.addcmul(x, mixed.transpose(1, 2), block.gamma)
+            ffn_in = F.rms_norm(x, width, ffn_norm.weight, ffn_norm.variance_epsilon)
         ffn = block.ffn
-        hidden = ffn.activation(ffn.linear1(F.rms_norm(x, width, block.ffn_norm.weight, block.ffn_norm.variance_epsilon)))
-        return torch.addcmul(x, ffn.linear2(hidden), block.ffn_gamma), new
+        return torch.addcmul(x, ffn.linear2(ffn.activation(ffn.linear1(ffn_in))), block.ffn_gamma), new
+
+
+@functools.cache
+def _fused_mixer():
+    """engine.triton_kernels.convnext_mixer, or None where Triton is not installed (the torch ops then run)."""
+    try:
+        from engine.triton_kernels import convnext_mixer
+    except ImportError:
+        return None
+    return convnext_mixer

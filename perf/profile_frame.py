@@ -14,6 +14,7 @@ import torch
 
 from engine.checkpoint import random_checkpoint
 from engine.config import HOP_SAMPLES
+from engine.network import StreamingConvStep
 from engine.runtime.torch_runtime import TorchRuntime
 from engine.sampler import schedule_table
 
@@ -55,6 +56,27 @@ def kernel_table(fn, top: int) -> str:
     return "\n".join(lines)
 
 
+def tokenizer_errors(rt: TorchRuntime, inner, n: int, chunks: int = 3) -> str:
+    """The runtime's tokenizer halves (channels-last, Triton kernels on CUDA) against transformers' modules on this
+    device, chunk after chunk with carried caches: the largest error relative to the output's largest value."""
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    results = []
+    for name, ours, module, output, shape in (
+            ("decoder", rt.decode, inner.audio_tower.decoder, "audio", (n, rt.spec.latent_dim, 1)),
+            ("semantic", rt.semantic, inner.semantic_tokenizer_encoder, "latents", (n, 1, HOP_SAMPLES))):
+        reference = StreamingConvStep(module, output)
+        theirs = mine = reference.zero_caches(n, rt.dtype, "cuda")
+        worst = 0.0
+        with torch.no_grad():
+            for _ in range(chunks):
+                x = torch.randn(*shape, generator=generator, device="cuda", dtype=rt.dtype)
+                expected, *theirs = reference(x, *theirs)
+                result, *mine = ours(x, *mine)
+                worst = max(worst, float((result.float() - expected.float()).abs().max() / expected.abs().max()))
+        results.append(f"{name} {worst:.1e}")
+    return ", ".join(results)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="1.5B")
@@ -90,6 +112,8 @@ def main() -> None:
             "connectors + embed": lambda: rt.acoustic_connector(noise) + rt.semantic_connector(
                 torch.zeros(n, spec.semantic_dim, dtype=dt, device="cuda")),
         }
+        print(f"slots {n}: tokenizer steps against transformers' modules, relative error: "
+              f"{tokenizer_errors(rt, checkpoint.model.model, n)}")
         times = {name: replay_ms(fn) for name, fn in parts.items()}
         print(f"slots {n}: " + ", ".join(f"{name} {ms:.2f}" for name, ms in times.items())
               + f"; sum {sum(times.values()):.2f}")

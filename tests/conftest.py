@@ -1,6 +1,12 @@
 """Shared fixtures: a real tiny random-weight checkpoint, built once per test session, and synthetic voices."""
-import numpy as np
-import pytest
+import os
+
+# The tests run on CPU: Triton kernels (engine/triton_kernels.py) run there through Triton's interpreter, which
+# Triton chooses when a kernel is defined, so before anything imports them.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 from engine.checkpoint import make_checkpoint
 from engine.config import EngineSettings
