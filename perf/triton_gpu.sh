@@ -48,6 +48,15 @@ for _ in $(seq 600); do grep -q "Ctrl-C stops it" "$OUT/serve.log" && break; kil
 cat "$OUT/serve.log"
 # The generator's histograms and each model's request count, cumulative: the second snapshot holds both sweeps.
 metrics='^vibevoice_(step_seconds|batch_size|first_audio_seconds|loop_phase_seconds)_(sum|count)|^nv_inference_count'
+# PROFILE_SECONDS=N: py-spy (carried in .whl/ when wanted) samples the generator's stub for N s from the first
+# sweep's start, every thread, idle ones too: where the frame loop's time goes inside Triton.
+profile() {
+  sleep 2
+  stub=$(pgrep -f 'backend_stub.*generator' | head -1)
+  "$site/bin/py-spy" record --nonblocking --threads --idle --format raw -r 200 -d "$PROFILE_SECONDS" \
+    -o "$OUT/generator_stacks.txt" --pid "$stub" > "$OUT/py-spy.log" 2>&1 || echo "py-spy failed" >> "$OUT/py-spy.log"
+}
+if [ -n "${PROFILE_SECONDS:-}" ] && [ -x "$site/bin/py-spy" ]; then profile & fi
 for sweep in "grpc latents 8001" "http audio 8000"; do
   read -r protocol voice port <<< "$sweep"
   python perf/stream_bench.py --protocol "$protocol" --voice "$voice" --url "127.0.0.1:$port" \

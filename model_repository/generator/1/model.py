@@ -77,9 +77,15 @@ class TritonPythonModel:
         self.runtime, _ = load_runtime(Path(args["model_repository"]).parent, device=device, compile=compile)
         metrics = TritonMetrics({"instance": args["model_instance_name"], "runtime": self.runtime.name})
         self.cancelled = CancelBoard()
-        self.scheduler = StreamScheduler(BatchEngine(self.runtime, settings), metrics)
+        engine = BatchEngine(self.runtime, settings)
+        started = time.perf_counter()
+        # every CUDA graph is captured before the model reports ready: no request waits for a capture
+        graphs = engine.warm_up()
+        self.scheduler = StreamScheduler(engine, metrics)
         self.scheduler.start()
-        pb_utils.Logger.log_info(f"generator: {self.runtime.describe()}, up to {settings.max_streams} streams")
+        pb_utils.Logger.log_info(f"generator: {self.runtime.describe()}, up to {settings.max_streams} streams"
+                                 + (f", {graphs} CUDA graphs captured in {time.perf_counter() - started:.1f} s"
+                                    if graphs else ""))
 
     def execute(self, requests):
         for request in requests:
