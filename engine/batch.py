@@ -299,8 +299,8 @@ class BatchEngine:
         tokens = self._token_ids[choice]
         speech = tokens == spec.audio_token_id
 
-        latents = rt.solve(self._noise[:n], self._positive_hidden[:n], self._negative_hidden[:n],
-                        self._cfg[:n], self._table[:n, :steps])
+        latents = rt.solve(self._noise[:n], self._positive_hidden[:n], self._negative_hidden[:n], self._cfg[:n],
+                           self._table[:n, :steps])
         caches = [cache[:n] for cache in self._caches]
         decoded, *decoder_caches = rt.decode((latents / spec.latent_scale - spec.latent_bias)[:, :, None],
                                              *caches[:self._decoder_count])
