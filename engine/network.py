@@ -1,7 +1,8 @@
 """VibeVoice's network pieces as pure functions of explicit state, over transformers' own modules.
 
 Every state the frame loop carries (KV caches, streaming-conv caches) enters and leaves as a tensor, so the same
-functions serve the torch runtime, ONNX export (one graph each) and, later, CUDA graph capture.
+functions serve the torch runtime, ONNX export (one graph each) and CUDA graph capture. The torch runtime's frame
+uses the pieces written for few kernels (CachedLanguageModelStep, DiffusionSolver, engine.tokenizer_step).
 """
 from __future__ import annotations
 
@@ -81,14 +82,14 @@ class CachedLanguageModelStep(nn.Module):
         self.layer_weights = [_layer_weights(layer) for layer in step.lm.layers]
         half = step.head_dim // 2
         # rotate_half(x) * sin == roll(x, half) * (sign * sin): the sign is folded into the table once per step
-        sign = torch.cat([-torch.ones(half), torch.ones(half)]).to(step.token_weight.device)
+        sign = torch.cat([-torch.ones(half), torch.ones(half)]).to(step.token_weight)  # the model's device and dtype
         self.register_buffer("rotation_sign", sign, persistent=False)
         self.layer = torch.compile(cached_decoder_layer, dynamic=True) if compile else cached_decoder_layer
 
     def forward(self, embeds, positions, keys, values, context: int):
         step, rows = self.step, embeds.shape[0]
         cos, sin = step.lm.rotary_emb(embeds[:, None], positions[:, None])  # [R, 1, head_dim]
-        sin = sin * self.rotation_sign.to(sin.dtype)
+        sin = sin * self.rotation_sign
         visible = torch.arange(context, device=embeds.device)[None] <= positions[:, None]  # [R, context]
         mask = torch.zeros(visible.shape, dtype=embeds.dtype, device=embeds.device).masked_fill_(
             ~visible, torch.finfo(embeds.dtype).min)[:, None, None]

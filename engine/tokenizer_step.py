@@ -118,8 +118,8 @@ class _TransposedConv(nn.Module):
 
 
 class _Block(nn.Module):
-    """A ConvNeXt block: x + gamma * dwconv(norm(x)), then x + ffn_gamma * ffn(ffn_norm(x)). On CUDA, everything up to
-    the FFN's input is one Triton kernel (engine.triton_kernels.convnext_mixer)."""
+    """A ConvNeXt block: x + gamma * dwconv(norm(x)), then x + ffn_gamma * ffn(ffn_norm(x)). Up to the FFN's input
+    it is `convnext_mixer`: one Triton kernel on CUDA (engine.triton_kernels), the same torch ops elsewhere."""
 
     def __init__(self, block: nn.Module):
         super().__init__()
@@ -131,26 +131,29 @@ class _Block(nn.Module):
 
     def forward(self, x, cache):
         block = self.block
-        mixer = _fused_mixer() if x.is_cuda and not torch.compiler.is_compiling() else None
+        fused = _fused_mixer() if x.is_cuda and not torch.compiler.is_compiling() else None
         norm, ffn_norm, conv = block.norm, block.ffn_norm, block.mixer.conv
-        if mixer is not None:
-            x, ffn_in, new = mixer(x, cache, norm.weight, norm.variance_epsilon, conv.weight, conv.bias, block.gamma,
-                                   ffn_norm.weight, ffn_norm.variance_epsilon)
-        else:
-            width = (x.shape[-1],)
-            padded, new = _with_past(cache, F.rms_norm(x, width, norm.weight, norm.variance_epsilon), self.width)
-            mixed = F.conv1d(padded.transpose(1, 2), conv.weight, conv.bias, groups=conv.groups)  # [B, C, T]
-            x = torch.addcmul(x, mixed.transpose(1, 2), block.gamma)
-            ffn_in = F.rms_norm(x, width, ffn_norm.weight, ffn_norm.variance_epsilon)
+        x, ffn_in, new = (fused or convnext_mixer)(x, cache, norm.weight, norm.variance_epsilon, conv.weight,
+                                                   conv.bias, block.gamma, ffn_norm.weight, ffn_norm.variance_epsilon)
         ffn = block.ffn
         return torch.addcmul(x, ffn.linear2(ffn.activation(ffn.linear1(ffn_in))), block.ffn_gamma), new
+
+
+def convnext_mixer(x, cache, norm_weight, eps, conv_weight, conv_bias, gamma, ffn_norm_weight, ffn_eps):
+    """A ConvNeXt block's first half in torch ops: x [B, T, C], cache [B, W, C] -> (x + gamma * dwconv(norm(x)),
+    ffn_norm of that, the new cache). engine.triton_kernels.convnext_mixer computes the same in one kernel."""
+    width = (x.shape[-1],)
+    padded, new = _with_past(cache, F.rms_norm(x, width, norm_weight, eps), cache.shape[1])
+    mixed = F.conv1d(padded.transpose(1, 2), conv_weight, conv_bias, groups=x.shape[-1])  # [B, C, T]
+    x = torch.addcmul(x, mixed.transpose(1, 2), gamma)
+    return x, F.rms_norm(x, width, ffn_norm_weight, ffn_eps), new
 
 
 @functools.cache
 def _fused_mixer():
     """engine.triton_kernels.convnext_mixer, or None where Triton is not installed (the torch ops then run)."""
     try:
-        from engine.triton_kernels import convnext_mixer
+        from engine.triton_kernels import convnext_mixer as fused
     except ImportError:
         return None
-    return convnext_mixer
+    return fused

@@ -1,11 +1,12 @@
-"""The Triton kernels against the torch ops they replace, run on CPU by Triton's interpreter (TRITON_INTERPRET=1):
-the same kernel code that the GPU compiles."""
+"""The Triton kernels against the torch ops they replace (the code that runs where they do not), run on CPU by
+Triton's interpreter (TRITON_INTERPRET=1): the same kernel code that the GPU compiles."""
 import importlib
 import os
 
 import pytest
 import torch
-import torch.nn.functional as F
+
+from engine import tokenizer_step
 
 
 @pytest.fixture(scope="module")
@@ -13,15 +14,6 @@ def kernels():
     assert os.environ.get("TRITON_INTERPRET") == "1"  # set by tests/conftest.py before any import of Triton
     pytest.importorskip("triton")
     return importlib.import_module("engine.triton_kernels")
-
-
-def reference_mixer(x, cache, norm_w, eps, conv_w, conv_b, gamma, ffn_w, ffn_eps):
-    """The torch ops of engine.tokenizer_step._Block up to the FFN's input."""
-    width = cache.shape[1]
-    padded = torch.cat([cache, F.rms_norm(x, x.shape[-1:], norm_w, eps)], dim=1)
-    mixed = F.conv1d(padded.transpose(1, 2), conv_w, conv_b, groups=x.shape[-1])
-    x1 = torch.addcmul(x, mixed.transpose(1, 2), gamma)
-    return x1, F.rms_norm(x1, x.shape[-1:], ffn_w, ffn_eps), padded[:, padded.shape[1] - width:]
 
 
 @pytest.mark.parametrize("frames, channels", [(1, 48), (3, 16), (6, 8), (40, 12), (300, 4)])
@@ -40,7 +32,7 @@ def test_convnext_mixer_equals_the_torch_ops(kernels, frames, channels, dtype):
     weights = (rand(channels), 1e-5, rand(channels, 1, width + 1), rand(channels), rand(channels), rand(channels),
                1e-6)
     ours = kernels.convnext_mixer(x, cache, *weights)
-    expected = reference_mixer(x, cache, *weights)
+    expected = tokenizer_step.convnext_mixer(x, cache, *weights)  # what the block runs without the kernel
     for name, mine, theirs in zip(("x1", "ffn_in", "new cache"), ours, expected):
         assert mine.shape == theirs.shape and mine.dtype == dtype, name
         # float32 to summation order; bf16 to a few rounding steps (CPU torch rounds bf16 at other points than the
