@@ -18,10 +18,18 @@ Then one copy of the tokens and audio to the host, which ends finished requests 
 Every shape in a frame is fixed by (slots, diffusion steps, attended context), so on CUDA each combination is
 captured once as a CUDA graph and replayed: a frame costs one launch and one host synchronisation. Slot counts and
 contexts are rounded up to powers of two; the padding slots compute on dead state and are ignored.
+
+The host runs one frame ahead: `step` queues the next frame before it waits for the previous one, so the device
+never waits for the host's bookkeeping between frames. Nothing a frame needs from the host depends on the frame
+before it: each slot's next two diffusion noises are uploaded with every frame and the frame picks the one its
+stream has reached (a noise is used up by a speech frame only), and a slot's context grows by one per frame. A
+stream that ends (eos, cancelled) has had one frame more computed, whose output is dropped; joining and leaving
+slots change device state in stream order, after the frame in flight.
 """
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,9 +62,32 @@ class _Slot:
     options: SynthesisOptions
     generator: torch.Generator
     frame_limit: int
-    positive_len: int             # tokens in the positive KV row (the device holds the same count)
-    steps: int = 0                # tokens generated: speech frames plus turn boundaries, as the original counts
-    noise: torch.Tensor | None = None  # drawn for the next speech frame, kept until one uses it
+    prompt_len: int
+    positive_len: int             # tokens in the positive KV row once the frames launched so far have run
+    noises: list[torch.Tensor]    # its next two diffusion noises, drawn ahead: noise i at position i % 2
+    noises_used: int = 0          # speech frames collected (each uses up one noise)
+    launched: int = 0             # frames queued on the device
+    steps: int = 0                # frames collected: speech frames plus turn boundaries, as the original counts
+    active: bool = True           # False once removed: the output of a frame still in flight is dropped
+
+    def wants_frames(self, max_context: int) -> bool:
+        """Whether a frame launched now could still be one of this stream's (its last may be in flight)."""
+        return self.launched < self.frame_limit and self.positive_len + 1 < max_context
+
+
+@dataclass
+class _Frame:
+    """A frame queued on the device: its slots in row order and where its tokens and audio arrive."""
+
+    slots: list[_Slot]
+    tokens: torch.Tensor          # [n] on the host (pinned on CUDA, filled when `done` has fired)
+    audio: torch.Tensor           # [n, 3200]
+    done: torch.cuda.Event | None
+
+
+def _draw_noise(generator: torch.Generator, dim: int) -> torch.Tensor:
+    """A stream's next diffusion noise, drawn as transformers draws it (two rows, the first used)."""
+    return torch.randn(2, dim, generator=generator)[0]
 
 
 def bucket(n: int, limit: int) -> int:
@@ -90,20 +121,25 @@ class BatchEngine:
         self._cfg = torch.ones(n, dtype=dt, device=dev)
         self._exact = torch.zeros(n, dtype=torch.bool, device=dev)
         self._table = torch.tensor(schedule_table([1] * n, width=MAX_DIFFUSION_STEPS), dtype=dt, device=dev)
-        self._noise = torch.zeros(n, spec.latent_dim, dtype=dt, device=dev)
+        self._noises = torch.zeros(n, 2, spec.latent_dim, dtype=dt, device=dev)  # _Slot.noises, uploaded per frame
+        self._noises_used = torch.zeros(n, dtype=torch.long, device=dev)  # speech frames so far: picks the noise
         self._tokens_out = torch.zeros(n, dtype=torch.long, device=dev)
         self._audio_out = torch.zeros(n, HOP_SAMPLES, dtype=torch.float32, device=dev)
         self._token_ids = torch.tensor(spec.token_ids, device=dev)
         self._speech_choice = spec.token_ids.index(spec.audio_token_id)
         self._slots: list[_Slot] = []
+        self._in_flight: deque[_Frame] = deque()
+        self._launches = itertools.count()
         self._ids = itertools.count()
         self._graphs: dict[tuple[int, int, int], torch.cuda.CUDAGraph] = {}
         self.cuda_graphs = dev.type == "cuda" if settings.cuda_graphs is None else settings.cuda_graphs
         if self.cuda_graphs:
             self._pool = torch.cuda.graph_pool_handle()  # graphs never run concurrently: they share their memory
-            self._noise_host = torch.zeros(n, spec.latent_dim, dtype=dt).pin_memory()
-            self._tokens_host = torch.zeros(n, dtype=torch.long).pin_memory()
-            self._audio_host = torch.zeros(n, HOP_SAMPLES, dtype=torch.float32).pin_memory()
+        if dev.type == "cuda":  # pinned transfer buffers, one set per frame in flight (two)
+            self._noises_host, self._tokens_host, self._audio_host = (
+                [buffer.pin_memory() for _ in range(2)] for buffer in (
+                    torch.zeros(n, 2, spec.latent_dim, dtype=dt), torch.zeros(n, dtype=torch.long),
+                    torch.zeros(n, HOP_SAMPLES, dtype=torch.float32)))
 
     @property
     def active(self) -> int:
@@ -118,7 +154,7 @@ class BatchEngine:
         capture; returns how many were captured. Only while no request runs: the frames run on dead state."""
         if not self.cuda_graphs:
             return 0
-        if self._slots:
+        if self._slots or self._in_flight:
             raise RuntimeError("warm_up() runs frames on the slots' state: call it before adding requests")
         slots = sorted({bucket(n, self.settings.max_streams) for n in range(1, self.settings.max_streams + 1)})
         contexts = sorted({self._context_bucket(c) for c in range(1, self.settings.max_context + 1, CONTEXT_BUCKET)})
@@ -154,6 +190,7 @@ class BatchEngine:
         ids = []
         for index, (prompt, options) in zip(indices, requests):
             self._conv_state[index].zero_()
+            self._noises_used[index] = 0
             self._positive_len[index] = prompt.length
             self._negative_len[index] = 0  # the bos prefill is the first speculative negative step
             self._cfg[index] = options.cfg_scale
@@ -161,8 +198,9 @@ class BatchEngine:
             self._table[index] = torch.tensor(schedule_table([options.diffusion_steps],
                                                              width=MAX_DIFFUSION_STEPS)[0])
             limit = options.exact_frames or options.max_frames or self.settings.default_max_frames
+            noises = [_draw_noise(prompt.generator, spec.latent_dim) for _ in range(2)]
             slot = _Slot(stream_id=next(self._ids), options=options, generator=prompt.generator,
-                         frame_limit=limit, positive_len=prompt.length)
+                         frame_limit=limit, prompt_len=prompt.length, positive_len=prompt.length, noises=noises)
             self._slots.append(slot)
             ids.append(slot.stream_id)
         return ids
@@ -206,6 +244,7 @@ class BatchEngine:
 
     def _remove(self, index: int) -> None:
         """Drop slot `index`; the last slot moves into it so that the active slots stay a prefix."""
+        self._slots[index].active = False
         last = len(self._slots) - 1
         if index != last:
             moved = self._slots[last]
@@ -213,65 +252,78 @@ class BatchEngine:
             for kv in (self._keys, self._values):
                 kv[:, 2 * index:2 * index + 2, :, :used] = kv[:, 2 * last:2 * last + 2, :, :used]
             for state in (self._conv_state, self._positive_hidden, self._negative_hidden, self._logits,
-                          self._positive_len, self._negative_len, self._cfg, self._exact, self._table):
+                          self._positive_len, self._negative_len, self._cfg, self._exact, self._table,
+                          self._noises_used):
                 state[index] = state[last]
             self._slots[index] = moved
         self._slots.pop()
 
     def step(self) -> list[FrameOutput]:
-        """Advance every active stream by one frame."""
-        n = len(self._slots)
-        if not n:
-            return []
-        spec = self.runtime.spec
-        for slot in self._slots:  # a slot's noise is drawn once and kept until a speech frame uses it
-            if slot.noise is None:
-                slot.noise = torch.randn(2, spec.latent_dim, generator=slot.generator)[0]
-        steps = max(slot.options.diffusion_steps for slot in self._slots)
-        context = max(slot.positive_len for slot in self._slots) + 1
-        tokens, audio = self._run_frame(n, steps, context)
+        """Advance every active stream by one frame: queue the next frame, then collect the one before it."""
+        while self._in_flight and not any(slot.active for slot in self._in_flight[0].slots):
+            self._in_flight.popleft()  # every stream it ran for has ended: nothing to wait for
+        while len(self._in_flight) < 2 and any(s.wants_frames(self.settings.max_context) for s in self._slots):
+            self._in_flight.append(self._launch())
+        return self._collect(self._in_flight.popleft()) if self._in_flight else []
 
-        outputs, finished = [], []
-        for index, (slot, token) in enumerate(zip(self._slots, tokens)):
-            speech = token == spec.audio_token_id
-            if speech:
-                slot.noise = None
-            slot.steps += 1
+    def _launch(self) -> _Frame:
+        """Queue one frame over the active slots; nothing here waits for the device."""
+        slots, n = list(self._slots), len(self._slots)
+        steps = max(slot.options.diffusion_steps for slot in slots)
+        context = self._context_bucket(max(slot.positive_len for slot in slots) + 1)
+        for slot in slots:
+            slot.launched += 1
             slot.positive_len += 1
+        noises = torch.stack([torch.stack(slot.noises) for slot in slots])
+        if self.runtime.device.type != "cuda":
+            self._noises[:n] = noises.to(self._noises)
+            self._frame(n, steps, context)
+            return _Frame(slots, self._tokens_out[:n].clone(), self._audio_out[:n].clone(), None)
+        buffers = next(self._launches) % 2  # the other set belongs to the frame before, still in flight
+        staged = self._noises_host[buffers][:n]
+        staged.copy_(noises)
+        self._noises[:n].copy_(staged, non_blocking=True)
+        if not self.cuda_graphs:
+            self._frame(n, steps, context)
+        elif (graph := self._graphs.get(key := (bucket(n, self.settings.max_streams), steps, context))) is None:
+            self._capture(*key)  # this frame runs eagerly, as the capture's warm-up
+        else:
+            graph.replay()
+        tokens, audio = self._tokens_host[buffers][:n], self._audio_host[buffers][:n]
+        tokens.copy_(self._tokens_out[:n], non_blocking=True)
+        audio.copy_(self._audio_out[:n], non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return _Frame(slots, tokens, audio, done)
+
+    def _collect(self, frame: _Frame) -> list[FrameOutput]:
+        """Wait for a queued frame and hand out its output; end the streams it finished."""
+        if frame.done is not None:
+            frame.done.synchronize()
+        spec, outputs, finished = self.runtime.spec, [], []
+        audio = frame.audio.numpy()
+        for row, (slot, token) in enumerate(zip(frame.slots, frame.tokens.tolist())):
+            if not slot.active:  # ended while this frame was in flight
+                continue
+            speech = token == spec.audio_token_id
+            if speech:  # its noise is used up: draw the one after the next in its place
+                slot.noises[slot.noises_used % 2] = _draw_noise(slot.generator, spec.latent_dim)
+                slot.noises_used += 1
+            slot.steps += 1
             reason = None
             if slot.steps >= slot.frame_limit:
                 reason = "exact_frames" if slot.options.exact_frames else "max_frames"
             elif token == spec.eos_id:
                 reason = "eos"
-            elif slot.positive_len + 1 >= self.settings.max_context:
+            elif slot.prompt_len + slot.steps + 1 >= self.settings.max_context:
                 reason = "context"
-            outputs.append(FrameOutput(slot.stream_id, audio[index].copy() if speech else None, reason is not None,
+            outputs.append(FrameOutput(slot.stream_id, audio[row].copy() if speech else None, reason is not None,
                                        reason))
             if reason:
-                finished.append(index)
-        for index in reversed(finished):
-            self._remove(index)
+                finished.append(slot)
+        for slot in finished:
+            self._remove(self._slots.index(slot))
         return outputs
-
-    def _run_frame(self, n: int, steps: int, context: int) -> tuple[list[int], np.ndarray]:
-        """Run one frame over the first n slots: (tokens, audio [n, 3200] float32) on the host."""
-        noise = torch.stack([slot.noise for slot in self._slots])
-        if not self.cuda_graphs:
-            self._noise[:n] = noise.to(self._noise)
-            self._frame(n, steps, self._context_bucket(context))
-            return self._tokens_out[:n].tolist(), self._audio_out[:n].cpu().numpy()
-        key = (bucket(n, self.settings.max_streams), steps, self._context_bucket(context))
-        self._noise_host[:n] = noise
-        self._noise[:n].copy_(self._noise_host[:n], non_blocking=True)
-        graph = self._graphs.get(key)
-        if graph is None:
-            self._capture(*key)  # this frame runs eagerly, as the capture's warm-up
-        else:
-            graph.replay()
-        self._tokens_host[:n].copy_(self._tokens_out[:n], non_blocking=True)
-        self._audio_host[:n].copy_(self._audio_out[:n], non_blocking=True)
-        torch.cuda.current_stream().synchronize()
-        return self._tokens_host[:n].tolist(), self._audio_host[:n].numpy()
 
     def _context_bucket(self, context: int) -> int:
         needed = -(-context // CONTEXT_BUCKET)
@@ -299,7 +351,10 @@ class BatchEngine:
         tokens = self._token_ids[choice]
         speech = tokens == spec.audio_token_id
 
-        latents = rt.solve(self._noise[:n], self._positive_hidden[:n], self._negative_hidden[:n], self._cfg[:n],
+        used = self._noises_used[:n]  # the frame before may have used a noise the host does not know of yet
+        noise = self._noises[:n].gather(1, (used % 2)[:, None, None].expand(n, 1, spec.latent_dim))[:, 0]
+        used.add_(speech.long())
+        latents = rt.solve(noise, self._positive_hidden[:n], self._negative_hidden[:n], self._cfg[:n],
                            self._table[:n, :steps])
         caches = [cache[:n] for cache in self._caches]
         decoded, *decoder_caches = rt.decode((latents / spec.latent_scale - spec.latent_bias)[:, :, None],

@@ -6,11 +6,14 @@ uses the pieces written for few kernels (CachedLanguageModelStep, DiffusionSolve
 """
 from __future__ import annotations
 
+import functools
+import sys
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.activations import SiLUActivation
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
 from engine.quantize import fuse_linears, linear, linear_params, linear_residual
@@ -200,19 +203,58 @@ class DiffusionHeadStep(nn.Module):
         return self.head(noisy, timesteps, condition)
 
 
+def modulated_norm(hidden, weight, eps, shift, scale):
+    """shift + rms_norm(hidden) * scale (the norm's weight may be None)."""
+    return torch.addcmul(shift, F.rms_norm(hidden, hidden.shape[-1:], weight, eps), scale)
+
+
+def residual_modulated_norm(hidden, gate, update, weight, eps, shift, scale):
+    """(hidden + gate * update, then modulated_norm of that): a layer's gated residual and the next norm."""
+    hidden = torch.addcmul(hidden, gate, update)
+    return hidden, modulated_norm(hidden, weight, eps, shift, scale)
+
+
+def silu_mul(gate_up):
+    """silu(gate) * up for gate_up [R, 2F] = [gate | up] -> [R, F]."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def guided_update(v, x, previous_x0, cfg, coefficients):
+    """One solver step after the head: v [2B, D] (positive rows, then negative), x and previous_x0 [B, D], cfg [B],
+    coefficients [B, 5] (alpha, sigma, a, b, c of engine.sampler.schedule_table) -> (next x, x0)."""
+    alpha, sigma, a, b, c = (column[:, None] for column in coefficients.unbind(-1))
+    v_pos, v_neg = v.chunk(2, dim=0)
+    x0 = alpha * x - sigma * torch.lerp(v_neg, v_pos, cfg[:, None])  # v_neg + cfg * (v_pos - v_neg)
+    return a * x + b * x0 + c * (x0 - previous_x0), x0
+
+
+@functools.cache
+def kernels():
+    """engine.triton_kernels, or None where Triton is not installed (torch ops then run everywhere)."""
+    try:
+        from engine import triton_kernels
+    except ImportError:
+        return None
+    return triton_kernels
+
+
 class DiffusionSolver(nn.Module):
     """engine.sampler.solve over VibeVoice's diffusion head, written for few kernels. Whatever depends only on the
     condition and the timestep is computed before the loop in a few large products: the condition's projection,
     every step's timestep embedding, and every layer's adaLN modulation (shift, 1 + scale, gate) for every step.
-    Each step then runs only the noisy-latent projection and the layers' norm, modulation and MLP (gate and up
-    fused), and the guidance as one lerp. The head's modules keep views of the fused weights.
+    Each step then runs the noisy-latent projection, per layer the MLP's two products (gate and up fused) with
+    silu_mul between them and residual_modulated_norm after (the gated residual and the next layer's norm and
+    modulation), and guided_update (guidance and the solver's update). Those three are one Triton kernel each on
+    CUDA (`triton`: None, the default, means on CUDA tensors where Triton imports), torch ops elsewhere (the functions
+    above). The head's modules keep views of the fused weights.
 
     noise [B, D], cond_pos/cond_neg [B, H], cfg [B], table [B, steps, 6] (engine.sampler.schedule_table) -> [B, D]
     """
 
-    def __init__(self, head: nn.Module):
+    def __init__(self, head: nn.Module, triton: bool | None = None):
         super().__init__()
-        self.head = head
+        self.head, self.triton = head, triton
         layers, final = head.layers, head.final_layer
         self.hidden = head.cond_proj.weight.shape[0]
         self.modulation = fuse_linears([layer.linear for layer in layers] + [final.linear_1])[0]
@@ -223,32 +265,34 @@ class DiffusionSolver(nn.Module):
         self.register_buffer("scale_offset", offset.repeat_interleave(self.hidden).to(self.modulation),
                              persistent=False)
         self.gate_up = [fuse_linears([layer.ffn.gate_proj, layer.ffn.up_proj]) for layer in layers]
+        # each norm as (weight, eps), the final layer's last: the norm that follows layer j is norms[j + 1]
+        self.norms = [(layer.norm.weight, layer.norm.variance_epsilon) for layer in layers] + [
+            (None, final.rms_norm_eps)]
+        self.silu = all(isinstance(layer.ffn.act_fn, (nn.SiLU, SiLUActivation)) for layer in layers)
 
     def forward(self, noise, cond_pos, cond_neg, cfg, table):
         head, rows, steps, width = self.head, noise.shape[0], table.shape[1], self.hidden
+        wanted = noise.is_cuda if self.triton is None else self.triton
+        ops = kernels() if wanted and self.silu and not torch.compiler.is_compiling() else None
+        ops = ops or sys.modules[__name__]  # the torch ops of this module
         condition = head.cond_proj(torch.cat([cond_pos, cond_neg]))  # positive rows, then negative rows
         timesteps = table[:, :, 0].repeat(2, 1).reshape(-1)
         embedded = head.timestep_proj(head.timestep_embedding(timesteps).to(timesteps.dtype))
         condition = (condition[:, None] + embedded.view(2 * rows, steps, width)).view(-1, width)
         modulation = torch.addmm(self.scale_offset, head.layers[0].act_fn(condition), self.modulation.t())
         modulation = modulation.view(2 * rows, steps, -1, width)  # [2B, steps, chunks, H]
-        x, previous_x0, guidance = noise, torch.zeros_like(noise), cfg[:, None]
+        x, previous_x0 = noise, torch.zeros_like(noise)
         for i in range(steps):
-            alpha, sigma, a, b, c = (column[:, None] for column in table[:, i, 1:].unbind(-1))
-            hidden = head.noisy_images_proj(x).repeat(2, 1)
             chunk = modulation[:, i]
+            hidden = head.noisy_images_proj(x).repeat(2, 1)
+            normed = ops.modulated_norm(hidden, *self.norms[0], chunk[:, 0], chunk[:, 1])
             for j, layer in enumerate(head.layers):
-                shift, scale, gate = chunk[:, 3 * j], chunk[:, 3 * j + 1], chunk[:, 3 * j + 2]
-                normed = F.rms_norm(hidden, (width,), layer.norm.weight, layer.norm.variance_epsilon)
-                g, u = linear(torch.addcmul(shift, normed, scale), *self.gate_up[j]).chunk(2, dim=-1)
-                hidden = torch.addcmul(hidden, gate, layer.ffn.down_proj(layer.ffn.act_fn(g) * u))
-            normed = F.rms_norm(hidden, (width,), eps=head.final_layer.rms_norm_eps)
-            v = head.final_layer.linear_2(torch.addcmul(chunk[:, -2], normed, chunk[:, -1]))
-            v_pos, v_neg = v.chunk(2, dim=0)
-            v = torch.lerp(v_neg, v_pos, guidance)  # v_neg + cfg * (v_pos - v_neg)
-            x0 = alpha * x - sigma * v
-            x = a * x + b * x0 + c * (x0 - previous_x0)
-            previous_x0 = x0
+                update = layer.ffn.down_proj(ops.silu_mul(linear(normed, *self.gate_up[j])))
+                shift, scale = chunk[:, 3 * j + 3], chunk[:, 3 * j + 4]  # the next layer's, or the final layer's
+                hidden, normed = ops.residual_modulated_norm(hidden, chunk[:, 3 * j + 2], update, *self.norms[j + 1],
+                                                             shift, scale)
+            v = head.final_layer.linear_2(normed)
+            x, previous_x0 = ops.guided_update(v, x, previous_x0, cfg, table[:, i, 1:])
         return x
 
 

@@ -117,13 +117,14 @@ def embed_prompt(runtime: Runtime, inputs: PromptInputs, seed: int) -> PreparedP
     generator = torch.Generator().manual_seed(seed)
     means = [torch.as_tensor(m, dtype=runtime.dtype, device=runtime.device) for m in inputs.voice_latents]
     sampled = torch.cat(sample_voice_latents(means, generator, spec.vae_std))
-    ids = torch.tensor(inputs.token_ids, dtype=torch.long, device=runtime.device)
-    embeds = runtime.embed(ids).clone()
-    placeholders = (ids == spec.audio_token_id).nonzero().squeeze(1)
-    if placeholders.numel() != sampled.shape[0]:
-        raise InvalidRequest(f"the prompt holds {placeholders.numel()} voice placeholders for {sampled.shape[0]} "
+    ids = np.asarray(inputs.token_ids, dtype=np.int64)
+    placeholders = np.flatnonzero(ids == spec.audio_token_id)  # found on the host: no wait for the device
+    if len(placeholders) != sampled.shape[0]:
+        raise InvalidRequest(f"the prompt holds {len(placeholders)} voice placeholders for {sampled.shape[0]} "
                              "voice frames")
-    embeds[placeholders] = runtime.acoustic_connector((sampled + spec.latent_bias) * spec.latent_scale)
+    embeds = runtime.embed(torch.from_numpy(ids).to(runtime.device)).clone()
+    embeds[torch.from_numpy(placeholders).to(runtime.device)] = runtime.acoustic_connector(
+        (sampled + spec.latent_bias) * spec.latent_scale)
     return PreparedPrompt(embeds=embeds, generator=generator, seed=seed)
 
 

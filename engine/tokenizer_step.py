@@ -15,20 +15,20 @@ Caches keep the modules' shape [batch, channels, width]; the ones returned are v
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.activations import GELUActivation
 
-from engine.network import conv_cache_specs
+from engine.network import conv_cache_specs, kernels as triton_kernels
 
 
 class TokenizerStep(nn.Module):
     """forward(x, *caches) -> (y, *new_caches), as StreamingConvStep: the decoder maps latents [B, 64, 1] to audio
-    [B, 1, 3200]; an encoder maps audio [B, 1, 3200] to latents [B, 1, D]."""
+    [B, 1, 3200]; an encoder maps audio [B, 1, 3200] to latents [B, 1, D]. `triton` says whether the blocks run
+    engine.triton_kernels: None (the default) on CUDA tensors, where Triton imports."""
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, triton: bool | None = None):
         super().__init__()
         self.module = module  # transformers' modules, whose weights the ops read
         self.specs = conv_cache_specs(module)
@@ -37,7 +37,7 @@ class TokenizerStep(nn.Module):
         for stage in [module.stem, *module.conv_layers]:  # each stage: a (re)sampling convolution, then blocks
             sampler = getattr(stage, "convtr", None) or stage.conv
             self.ops.append(_TransposedConv(sampler) if hasattr(sampler, "convtr") else _Conv(sampler))
-            self.ops.extend(_Block(block) for block in stage.stage)
+            self.ops.extend(_Block(block, triton) for block in stage.stage)
         self.ops.append(_Conv(module.head))
         if [op.cache_key for op in self.ops if op.width] != [spec.key for spec in self.specs]:
             raise ValueError("the tokenizer's convolutions are not in the order of its caches")
@@ -118,24 +118,30 @@ class _TransposedConv(nn.Module):
 
 
 class _Block(nn.Module):
-    """A ConvNeXt block: x + gamma * dwconv(norm(x)), then x + ffn_gamma * ffn(ffn_norm(x)). Up to the FFN's input
-    it is `convnext_mixer`: one Triton kernel on CUDA (engine.triton_kernels), the same torch ops elsewhere."""
+    """A ConvNeXt block: x + gamma * dwconv(norm(x)), then x + ffn_gamma * ffn(ffn_norm(x)). On CUDA it runs as
+    Triton kernels (engine.triton_kernels): narrow blocks whole (`convnext_block`), wider ones up to the FFN's input
+    (`convnext_mixer`); otherwise as torch ops (`convnext_mixer` here, then the FFN's modules)."""
 
-    def __init__(self, block: nn.Module):
+    def __init__(self, block: nn.Module, triton: bool | None):
         super().__init__()
-        self.block = block
+        self.block, self.triton = block, triton
         mixer = block.mixer
         if mixer.conv.dilation != (1,) or mixer.conv.stride != (1,):
             raise ValueError("ConvNeXt mixers without dilation or stride only")
+        self.whole = isinstance(block.ffn.activation, GELUActivation)  # the whole-block kernel's activation
         self.cache_key, self.width = mixer.cache_key, mixer.left_pad
 
     def forward(self, x, cache):
-        block = self.block
-        fused = _fused_mixer() if x.is_cuda and not torch.compiler.is_compiling() else None
+        block, ffn = self.block, self.block.ffn
+        wanted = x.is_cuda if self.triton is None else self.triton
+        kernels = triton_kernels() if wanted and not torch.compiler.is_compiling() else None
         norm, ffn_norm, conv = block.norm, block.ffn_norm, block.mixer.conv
-        x, ffn_in, new = (fused or convnext_mixer)(x, cache, norm.weight, norm.variance_epsilon, conv.weight,
-                                                   conv.bias, block.gamma, ffn_norm.weight, ffn_norm.variance_epsilon)
-        ffn = block.ffn
+        mixer_args = (x, cache, norm.weight, norm.variance_epsilon, conv.weight, conv.bias, block.gamma,
+                      ffn_norm.weight, ffn_norm.variance_epsilon)
+        if kernels and self.whole and x.shape[-1] <= kernels.BLOCK_MAX_CHANNELS:
+            return kernels.convnext_block(*mixer_args, ffn.linear1.weight, ffn.linear1.bias, ffn.linear2.weight,
+                                          ffn.linear2.bias, block.ffn_gamma)
+        x, ffn_in, new = (kernels.convnext_mixer if kernels else convnext_mixer)(*mixer_args)
         return torch.addcmul(x, ffn.linear2(ffn.activation(ffn.linear1(ffn_in))), block.ffn_gamma), new
 
 
@@ -147,13 +153,3 @@ def convnext_mixer(x, cache, norm_weight, eps, conv_weight, conv_bias, gamma, ff
     mixed = F.conv1d(padded.transpose(1, 2), conv_weight, conv_bias, groups=x.shape[-1])  # [B, C, T]
     x = torch.addcmul(x, mixed.transpose(1, 2), gamma)
     return x, F.rms_norm(x, width, ffn_norm_weight, ffn_eps), new
-
-
-@functools.cache
-def _fused_mixer():
-    """engine.triton_kernels.convnext_mixer, or None where Triton is not installed (the torch ops then run)."""
-    try:
-        from engine.triton_kernels import convnext_mixer as fused
-    except ImportError:
-        return None
-    return fused

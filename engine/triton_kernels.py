@@ -1,32 +1,42 @@
 """Triton kernels for the frame's hot spots that PyTorch runs as several kernels (CUDA; imported only there, and by
 the tests under TRITON_INTERPRET=1, which run the same kernels on CPU tensors).
 
-convnext_mixer: the first half of a tokenizer ConvNeXt block, channels-last, in one pass:
-    h = rms_norm(x) (rows from the cache are already normalised), y = depthwise causal conv(h) + bias,
-    x1 = x + gamma * y, ffn_in = rms_norm(x1) with the FFN's norm weight, and the new cache (the last `width` rows
-    of [cache, h]). PyTorch needs a norm, a concatenation, a layout copy, the convolution, a residual and a second
-    norm; its norm kernel is also slow on the many short rows (32-256 channels) of the high-rate stages.
-Roundings follow PyTorch's: h, the convolution's output, x1 and ffn_in are each rounded to x's dtype.
+A tokenizer ConvNeXt block, channels-last ([batch, time, channels]), is x1 = x + gamma * dwconv(rms_norm(x)), then
+x1 + ffn_gamma * linear2(gelu(linear1(rms_norm(x1)))), the depthwise convolution causal over a cache of the last
+`width` normalised rows.
+- convnext_mixer: its first half in one pass: x1, the FFN's input rms_norm(x1) and the new cache. PyTorch needs a
+  norm, a concatenation, a layout copy, the convolution, a residual and a second norm; its norm kernel is also slow
+  on the many short rows (32-256 channels) of the high-rate stages.
+- convnext_block: the whole block in one pass, for narrow blocks (at most BLOCK_MAX_CHANNELS channels): the FFN's
+  4x-wide hidden rows stay on chip, where PyTorch writes and reads them three times. These are the blocks with many
+  rows (up to 3200 per stream and frame), which dominate the tokenizers' bytes at many streams.
+Roundings follow PyTorch's: h, the convolution's output, x1, ffn_in, the products' and the GELU's outputs are each
+rounded to x's dtype; products accumulate in float32 (float32 tensors: IEEE float32 products, not TF32).
 """
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
 import triton.language as tl
 
-TILE_ELEMENTS = 4096  # rows x channels per program
+TILE_ELEMENTS = 4096  # rows x channels per program (convnext_mixer)
+BLOCK_MAX_CHANNELS = 128  # wider blocks have few rows and megabytes of FFN weights: cuBLAS runs their products
+# convnext_block's launch by channels (rounded up to a power of two, at least 16): (rows per program, FFN hidden
+# units per inner step, warps), from perf/tune_block_kernel.py on an H200
+BLOCK_KERNEL = {16: (64, 64, 4), 32: (64, 64, 4), 64: (32, 64, 4), 128: (16, 64, 4)}
+# Triton's interpreter (the CPU tests) miscomputes products of bf16 operands: there they are float32 (exact too)
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
-def _convnext_mixer_kernel(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr, gamma_ptr, ffn_norm_w_ptr,
-                           out_ptr, ffn_in_ptr, new_cache_ptr,
-                           T, C, eps, ffn_eps, sxb, sxt, scb, sct, scc,
-                           WIDTH: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
-    b = tl.program_id(0)
-    t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
-    c = tl.arange(0, BLOCK_C)
+def _mix(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr, gamma_ptr, ffn_norm_w_ptr, new_cache_ptr,
+         b, t, c, T, C, eps, ffn_eps, sxb, sxt, scb, sct, scc,
+         WIDTH: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Rows t of batch b: (x1, ffn_in) as [len(t), len(c)] tiles in x's dtype; writes those rows' new cache."""
     rows, channels = t < T, c < C
-    dtype = out_ptr.dtype.element_ty
+    dtype = x_ptr.dtype.element_ty
     norm_w = tl.load(norm_w_ptr + c, mask=channels, other=0.0).to(tl.float32)
     acc = tl.zeros((BLOCK_T, BLOCK_C), dtype=tl.float32)
     x_self = tl.zeros((BLOCK_T, BLOCK_C), dtype=tl.float32)
@@ -57,29 +67,219 @@ def _convnext_mixer_kernel(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr,
     gamma = tl.load(gamma_ptr + c, mask=channels, other=0.0).to(tl.float32)
     mixed = (acc + bias[None, :]).to(dtype).to(tl.float32)
     x1 = (x_self + mixed * gamma[None, :]).to(dtype)
-    mask = rows[:, None] & channels[None, :]
+    x1f = x1.to(tl.float32)
+    ffn_w = tl.load(ffn_norm_w_ptr + c, mask=channels, other=0.0).to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(x1f * x1f, axis=1) / C + ffn_eps)
+    return x1, (x1f * rstd[:, None] * ffn_w[None, :]).to(dtype)
+
+
+@triton.jit
+def _convnext_mixer_kernel(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr, gamma_ptr, ffn_norm_w_ptr,
+                           out_ptr, ffn_in_ptr, new_cache_ptr,
+                           T, C, eps, ffn_eps, sxb, sxt, scb, sct, scc,
+                           WIDTH: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    b = tl.program_id(0)
+    t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    c = tl.arange(0, BLOCK_C)
+    x1, ffn_in = _mix(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr, gamma_ptr, ffn_norm_w_ptr,
+                      new_cache_ptr, b, t, c, T, C, eps, ffn_eps, sxb, sxt, scb, sct, scc, WIDTH, BLOCK_W,
+                      BLOCK_T, BLOCK_C)
+    mask = (t < T)[:, None] & (c < C)[None, :]
     offsets = b * T * C + t[:, None] * C + c[None, :]
     tl.store(out_ptr + offsets, x1, mask=mask)
-    x1 = x1.to(tl.float32)
-    ffn_w = tl.load(ffn_norm_w_ptr + c, mask=channels, other=0.0).to(tl.float32)
-    rstd = tl.rsqrt(tl.sum(x1 * x1, axis=1) / C + ffn_eps)
-    tl.store(ffn_in_ptr + offsets, (x1 * rstd[:, None] * ffn_w[None, :]).to(dtype), mask=mask)
+    tl.store(ffn_in_ptr + offsets, ffn_in, mask=mask)
+
+
+@triton.jit
+def _convnext_block_kernel(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr, gamma_ptr, ffn_norm_w_ptr,
+                           w1_ptr, b1_ptr, w2_ptr, b2_ptr, ffn_gamma_ptr, out_ptr, new_cache_ptr,
+                           T, C, HIDDEN, eps, ffn_eps, sxb, sxt, scb, sct, scc,
+                           WIDTH: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+                           BLOCK_H: tl.constexpr, DOT_FP32: tl.constexpr):
+    b = tl.program_id(0)
+    t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    c = tl.arange(0, BLOCK_C)
+    channels = c < C
+    dtype = out_ptr.dtype.element_ty
+    operand = tl.float32 if DOT_FP32 else dtype
+    x1, ffn_in = _mix(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr, gamma_ptr, ffn_norm_w_ptr,
+                      new_cache_ptr, b, t, c, T, C, eps, ffn_eps, sxb, sxt, scb, sct, scc, WIDTH, BLOCK_W,
+                      BLOCK_T, BLOCK_C)
+    ffn_in = ffn_in.to(operand)
+    ffn = tl.zeros((BLOCK_T, BLOCK_C), dtype=tl.float32)
+    for start in range(0, HIDDEN, BLOCK_H):  # linear1 -> GELU -> linear2, BLOCK_H hidden units at a time
+        j = start + tl.arange(0, BLOCK_H)
+        units = j < HIDDEN
+        w1 = tl.load(w1_ptr + j[:, None] * C + c[None, :], mask=units[:, None] & channels[None, :], other=0.0)
+        b1 = tl.load(b1_ptr + j, mask=units, other=0.0).to(tl.float32)
+        hidden = tl.dot(ffn_in, tl.trans(w1.to(operand)), input_precision="ieee" if DOT_FP32 else None)
+        hidden = (hidden + b1[None, :]).to(dtype).to(tl.float32)
+        hidden = (0.5 * hidden * (1.0 + tl.erf(hidden * 0.7071067811865476))).to(dtype)  # exact GELU
+        w2 = tl.load(w2_ptr + c[:, None] * HIDDEN + j[None, :], mask=channels[:, None] & units[None, :], other=0.0)
+        ffn += tl.dot(hidden.to(operand), tl.trans(w2.to(operand)), input_precision="ieee" if DOT_FP32 else None)
+    b2 = tl.load(b2_ptr + c, mask=channels, other=0.0).to(tl.float32)
+    ffn_gamma = tl.load(ffn_gamma_ptr + c, mask=channels, other=0.0).to(tl.float32)
+    y = (ffn + b2[None, :]).to(dtype).to(tl.float32)
+    out = (x1.to(tl.float32) + y * ffn_gamma[None, :]).to(dtype)
+    tl.store(out_ptr + b * T * C + t[:, None] * C + c[None, :], out, mask=(t < T)[:, None] & channels[None, :])
+
+
+def _prepare(x, cache, min_block: int = 1):
+    """(x with contiguous rows, the new cache's buffer, BLOCK_T, BLOCK_C, grid, cache-side launch arguments)."""
+    batch, frames, channels = x.shape
+    width = cache.shape[1]
+    x = x if x.stride(-1) == 1 and x.stride(1) == channels else x.contiguous()
+    new_cache = torch.empty(batch, width, channels, dtype=x.dtype, device=x.device)
+    block_c = max(min_block, triton.next_power_of_2(channels))
+    block_t = max(min_block, min(triton.next_power_of_2(frames), TILE_ELEMENTS // block_c))
+    grid = (batch, triton.cdiv(frames, block_t))
+    strides = (x.stride(0), x.stride(1), *cache.stride())
+    return x, new_cache, block_t, block_c, grid, strides
 
 
 def convnext_mixer(x, cache, norm_weight, eps, conv_weight, conv_bias, gamma, ffn_norm_weight, ffn_eps):
     """x [B, T, C] (channels contiguous), cache [B, W, C] (any strides), conv_weight [C, 1, W + 1] ->
     (x1 [B, T, C], ffn_in [B, T, C], new cache [B, W, C]); see the module's docstring."""
-    batch, frames, channels = x.shape
+    x, new_cache, block_t, block_c, grid, strides = _prepare(x, cache)
+    out, ffn_in = torch.empty_like(x), torch.empty_like(x)
     width = cache.shape[1]
-    x = x if x.stride(-1) == 1 and x.stride(1) == channels else x.contiguous()
-    out, ffn_in = (torch.empty(x.shape, dtype=x.dtype, device=x.device) for _ in range(2))
-    new_cache = torch.empty(batch, width, channels, dtype=x.dtype, device=x.device)
-    block_c = triton.next_power_of_2(channels)
-    block_t = max(1, min(triton.next_power_of_2(frames), TILE_ELEMENTS // block_c))
-    grid = (batch, triton.cdiv(frames, block_t))
     _convnext_mixer_kernel[grid](x, cache, norm_weight, conv_weight, conv_bias, gamma, ffn_norm_weight,
-                                 out, ffn_in, new_cache, frames, channels, eps, ffn_eps,
-                                 x.stride(0), x.stride(1), *cache.stride(),
+                                 out, ffn_in, new_cache, x.shape[1], x.shape[2], eps, ffn_eps, *strides,
                                  WIDTH=width, BLOCK_W=triton.next_power_of_2(width), BLOCK_T=block_t,
                                  BLOCK_C=block_c)
     return out, ffn_in, new_cache
+
+
+def convnext_block(x, cache, norm_weight, eps, conv_weight, conv_bias, gamma, ffn_norm_weight, ffn_eps,
+                   linear1_weight, linear1_bias, linear2_weight, linear2_bias, ffn_gamma, *, rows: int = 0,
+                   hidden_tile: int = 0, warps: int = 0):
+    """The whole block: as convnext_mixer, with linear1 [4C, C], linear2 [C, 4C] (nn.Linear's layout) ->
+    (out [B, T, C], new cache [B, W, C]). For at most BLOCK_MAX_CHANNELS channels. `rows`, `hidden_tile` and
+    `warps` override BLOCK_KERNEL's launch configuration (perf/tune_block_kernel.py)."""
+    if x.shape[-1] > BLOCK_MAX_CHANNELS:
+        raise ValueError(f"convnext_block takes at most {BLOCK_MAX_CHANNELS} channels, not {x.shape[-1]}")
+    config = BLOCK_KERNEL[max(16, triton.next_power_of_2(x.shape[-1]))]
+    rows, hidden_tile, warps = rows or config[0], hidden_tile or config[1], warps or config[2]
+    x, new_cache, _, block_c, _, strides = _prepare(x, cache, min_block=16)  # tl.dot's smallest tile is 16
+    block_t = max(16, min(rows, triton.next_power_of_2(x.shape[1])))
+    out = torch.empty_like(x)
+    width, hidden = cache.shape[1], linear1_weight.shape[0]
+    grid = (x.shape[0], triton.cdiv(x.shape[1], block_t))
+    _convnext_block_kernel[grid](x, cache, norm_weight, conv_weight, conv_bias, gamma, ffn_norm_weight,
+                                 linear1_weight, linear1_bias, linear2_weight, linear2_bias, ffn_gamma, out,
+                                 new_cache, x.shape[1], x.shape[2], hidden, eps, ffn_eps, *strides,
+                                 WIDTH=width, BLOCK_W=triton.next_power_of_2(width), BLOCK_T=block_t,
+                                 BLOCK_C=block_c, BLOCK_H=min(hidden_tile, triton.next_power_of_2(hidden)),
+                                 DOT_FP32=x.dtype == torch.float32 or INTERPRETED, num_warps=warps)
+    return out, new_cache
+
+
+# --- the diffusion solve's per-step glue (engine.network.DiffusionSolver; the torch ops are engine.network's
+# TORCH_SOLVER_OPS, with the same signatures). One program per row; float32 math, each result rounded once.
+
+@triton.jit
+def _modulated_norm_kernel(hidden_ptr, gate_ptr, update_ptr, weight_ptr, shift_ptr, scale_ptr,
+                           hidden_out_ptr, normed_ptr, H, eps, modulation_stride,
+                           RESIDUAL: tl.constexpr, WEIGHTED: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < H
+    dtype = normed_ptr.dtype.element_ty
+    hidden = tl.load(hidden_ptr + row * H + cols, mask=mask, other=0.0).to(tl.float32)
+    modulation = row * modulation_stride + cols
+    if RESIDUAL:
+        gate = tl.load(gate_ptr + modulation, mask=mask, other=0.0).to(tl.float32)
+        update = tl.load(update_ptr + row * H + cols, mask=mask, other=0.0).to(tl.float32)
+        hidden = (hidden + gate * update).to(dtype)
+        tl.store(hidden_out_ptr + row * H + cols, hidden, mask=mask)
+        hidden = hidden.to(tl.float32)
+    normed = hidden * tl.rsqrt(tl.sum(hidden * hidden, axis=0) / H + eps)
+    if WEIGHTED:
+        normed = normed * tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    normed = normed.to(dtype).to(tl.float32)
+    shift = tl.load(shift_ptr + modulation, mask=mask, other=0.0).to(tl.float32)
+    scale = tl.load(scale_ptr + modulation, mask=mask, other=0.0).to(tl.float32)
+    tl.store(normed_ptr + row * H + cols, (shift + normed * scale).to(dtype), mask=mask)
+
+
+def _modulated_norm(hidden, gate, update, weight, eps, shift, scale):
+    rows, width = hidden.shape
+    if not (shift.stride() == scale.stride() and shift.stride(1) == 1 and (gate is None or gate.stride() ==
+                                                                             shift.stride())):
+        raise ValueError("shift, scale and gate must be rows of one modulation tensor (the same strides)")
+    hidden = hidden.contiguous()
+    normed = torch.empty_like(hidden)
+    hidden_out = torch.empty_like(hidden) if gate is not None else hidden
+    block = triton.next_power_of_2(width)
+    _modulated_norm_kernel[(rows,)](hidden, gate, update.contiguous() if update is not None else None, weight, shift,
+                                    scale, hidden_out, normed, width, eps, shift.stride(0),
+                                    RESIDUAL=gate is not None, WEIGHTED=weight is not None, BLOCK=block,
+                                    num_warps=min(16, max(1, block // 256)))
+    return hidden_out, normed
+
+
+def modulated_norm(hidden, weight, eps, shift, scale):
+    """shift + rms_norm(hidden) * scale (the norm's weight may be None); hidden [R, H], shift/scale [R, H] rows of
+    one modulation tensor."""
+    return _modulated_norm(hidden, None, None, weight, eps, shift, scale)[1]
+
+
+def residual_modulated_norm(hidden, gate, update, weight, eps, shift, scale):
+    """(hidden + gate * update, then modulated_norm of that): a layer's gated residual and the next norm."""
+    return _modulated_norm(hidden, gate, update, weight, eps, shift, scale)
+
+
+@triton.jit
+def _silu_mul_kernel(gate_up_ptr, out_ptr, F, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < F
+    dtype = out_ptr.dtype.element_ty
+    gate = tl.load(gate_up_ptr + row * 2 * F + cols, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(gate_up_ptr + row * 2 * F + F + cols, mask=mask, other=0.0).to(tl.float32)
+    activated = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
+    tl.store(out_ptr + row * F + cols, (activated * up).to(dtype), mask=mask)
+
+
+def silu_mul(gate_up):
+    """silu(gate) * up for gate_up [R, 2F] = [gate | up] -> [R, F]."""
+    rows, width = gate_up.shape
+    gate_up = gate_up.contiguous()
+    out = torch.empty(rows, width // 2, dtype=gate_up.dtype, device=gate_up.device)
+    block = 1024
+    _silu_mul_kernel[(rows, triton.cdiv(width // 2, block))](gate_up, out, width // 2, BLOCK=block)
+    return out
+
+
+@triton.jit
+def _guided_update_kernel(v_ptr, x_ptr, previous_ptr, cfg_ptr, coefficients_ptr, x_out_ptr, x0_ptr,
+                          B, D, coefficients_stride, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < D
+    dtype = x_out_ptr.dtype.element_ty
+    v_pos = tl.load(v_ptr + row * D + cols, mask=mask, other=0.0).to(tl.float32)
+    v_neg = tl.load(v_ptr + (B + row) * D + cols, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + row * D + cols, mask=mask, other=0.0).to(tl.float32)
+    previous = tl.load(previous_ptr + row * D + cols, mask=mask, other=0.0).to(tl.float32)
+    cfg = tl.load(cfg_ptr + row).to(tl.float32)
+    base = coefficients_ptr + row * coefficients_stride
+    alpha, sigma = tl.load(base).to(tl.float32), tl.load(base + 1).to(tl.float32)
+    a, b, c = tl.load(base + 2).to(tl.float32), tl.load(base + 3).to(tl.float32), tl.load(base + 4).to(tl.float32)
+    v = v_neg + cfg * (v_pos - v_neg)
+    x0 = (alpha * x - sigma * v).to(dtype).to(tl.float32)
+    tl.store(x0_ptr + row * D + cols, x0.to(dtype), mask=mask)
+    tl.store(x_out_ptr + row * D + cols, (a * x + b * x0 + c * (x0 - previous)).to(dtype), mask=mask)
+
+
+def guided_update(v, x, previous_x0, cfg, coefficients):
+    """One solver step after the head: v [2B, D] (positive rows, then negative), x and previous_x0 [B, D], cfg [B],
+    coefficients [B, 5] (alpha, sigma, a, b, c of engine.sampler.schedule_table) -> (next x, x0)."""
+    rows, width = x.shape
+    if coefficients.stride(1) != 1:
+        raise ValueError("the coefficients' columns must be contiguous")
+    x_out, x0 = torch.empty_like(x), torch.empty_like(x)
+    _guided_update_kernel[(rows,)](v.contiguous(), x.contiguous(), previous_x0.contiguous(), cfg.contiguous(),
+                                   coefficients, x_out, x0, rows, width, coefficients.stride(0),
+                                   BLOCK=triton.next_power_of_2(width))
+    return x_out, x0

@@ -23,7 +23,7 @@ import torch
 from engine.benchmark import BENCH_SCRIPT, bench_voice, run_bench
 from engine.checkpoint import random_checkpoint
 from engine.config import HOP_SAMPLES, SAMPLE_RATE, EngineSettings
-from engine.prompt import conversation, encode_voices
+from engine.prompt import conversation, encode_voices, prepare_prompt
 from engine.request import SynthesisOptions, SynthesisRequest, Voice
 from engine.runtime.torch_runtime import TorchRuntime
 from engine.synthesizer import Synthesizer
@@ -99,6 +99,26 @@ def first_audio_ms(synth: Synthesizer, request: SynthesisRequest) -> float:
     return 1000 * elapsed
 
 
+def first_audio_phases(synth: Synthesizer, request: SynthesisRequest) -> dict:
+    """Where first audio's time goes, each phase waited for on the device: the prompt (tokens, voice sampling,
+    embeddings), its prefill into a slot, and the step that hands out the first frame."""
+    engine, phases = synth.engine, {}
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    prompt = prepare_prompt(synth.runtime, synth.processor, request, seed=1)
+    torch.cuda.synchronize()
+    phases["prompt_ms"] = 1000 * (time.perf_counter() - started)
+    started = time.perf_counter()
+    stream = engine.add(prompt, request.options)
+    torch.cuda.synchronize()
+    phases["prefill_ms"] = 1000 * (time.perf_counter() - started)
+    started = time.perf_counter()
+    engine.step()
+    phases["first_step_ms"] = 1000 * (time.perf_counter() - started)
+    engine.cancel(stream)  # the frame still in flight is dropped by the next step
+    return phases
+
+
 def print_sweep(rows: list[dict]) -> None:
     print(f"{'streams':>8}{'ms/step':>10}{'RTF/stream':>12}{'audio s/s':>11}{'first audio':>13}")
     for row in rows:
@@ -169,6 +189,9 @@ def main() -> None:
     cached = SynthesisRequest(BENCH_SCRIPT, {0: Voice(latents=latents)}, options)
     first_audio_ms(graphs, cached)
     report["first_audio_cached_ms"] = first_audio_ms(graphs, cached)
+    report["first_audio_phases"] = first_audio_phases(graphs, cached)
+    print("first audio, latents cached, by phase: " + ", ".join(f"{name} {ms:.1f}"
+                                                                for name, ms in report["first_audio_phases"].items()))
 
     sweep = []
     for streams in args.streams:

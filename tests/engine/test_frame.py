@@ -9,6 +9,7 @@ from engine.config import EngineSettings
 from engine.prompt import prepare_prompt
 from engine.request import SynthesisOptions, SynthesisRequest, Voice
 from engine.runtime import load_runtime
+from engine.network import DiffusionSolver
 from engine.quantize import fuse_linears, linear
 from engine.runtime.base import Runtime
 from engine.sampler import schedule_table, solve
@@ -46,9 +47,6 @@ def test_a_padded_frame_leaves_the_live_slots_as_an_exact_frame_does(model, voic
         for seed, (name, steps) in enumerate([("low", 10), ("high", 5), ("low", 7)]):
             add(engine, model, voices[name], seed, 4, diffusion_steps=steps)
         engine.step()  # give the slots a history, then one frame exact and one padded to 4 slots
-        for slot in engine._slots:
-            slot.noise = torch.randn(2, 64, generator=slot.generator)[0]
-        engine._noise[:3] = torch.stack([s.noise for s in engine._slots])
         engines.append(engine)
     context = engines[0]._context_bucket(max(s.positive_len for s in engines[0]._slots) + 1)
     engines[0]._frame(3, 10, context)
@@ -84,8 +82,9 @@ def test_in_place_kv_step_equals_the_step_over_a_copied_past(model):
 
 
 def test_fused_solver_equals_the_reference_solve_over_the_head(model):
-    """The runtime's solve (conditioning hoisted out of the loop, fused weights) against engine.sampler.solve calling
-    the head step by step, with a different step count and guidance per row (short rows end in identity steps)."""
+    """The runtime's solve (conditioning hoisted out of the loop, fused weights), with torch ops and with the Triton
+    kernels, against engine.sampler.solve calling the head step by step, with a different step count and guidance
+    per row (short rows end in identity steps)."""
     runtime = model[0]
     spec = runtime.spec
     generator = torch.Generator().manual_seed(1)
@@ -95,6 +94,9 @@ def test_fused_solver_equals_the_reference_solve_over_the_head(model):
     table = torch.tensor(schedule_table([10, 5, 7]), dtype=torch.float32)
     expected = solve(runtime.diffusion_head, noise, cond_pos, cond_neg, cfg, table)
     torch.testing.assert_close(runtime.solve(noise, cond_pos, cond_neg, cfg, table), expected, rtol=1e-5, atol=1e-5)
+    pytest.importorskip("triton")
+    with_kernels = DiffusionSolver(runtime._solver.head, triton=True)  # as on CUDA, here by Triton's interpreter
+    torch.testing.assert_close(with_kernels(noise, cond_pos, cond_neg, cfg, table), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_fused_linears_compute_what_the_separate_ones_did_and_share_their_memory():
@@ -128,3 +130,13 @@ def test_a_stream_leaving_from_the_middle_leaves_the_others_unchanged(model, voi
     for stream in (first, last):
         np.testing.assert_allclose(cut[stream], full[stream], rtol=0, atol=1e-5)  # batch of 2 vs 3: sum order
     assert len(cut[middle]) == 2 * 3200
+
+
+def test_a_stream_joining_an_empty_engine_gets_a_frame_from_its_first_step(model, voices):
+    """The frame queued ahead for a stream that then left is dropped, not waited for and handed out as nothing."""
+    engine = BatchEngine(model[0], EngineSettings(max_streams=2, max_context=512))
+    first = add(engine, model, voices["low"], 0, 6)
+    assert [output.stream_id for output in engine.step()] == [first]  # its second frame is queued already
+    engine.cancel(first)
+    second = add(engine, model, voices["low"], 1, 6)
+    assert [output.stream_id for output in engine.step()] == [second]

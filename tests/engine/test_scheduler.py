@@ -116,10 +116,11 @@ def test_jobs_wait_for_a_slot_and_match_running_alone(model, scheduler, voices, 
     assert (scheduler.active, scheduler.queued) == (2, 1) and (2, 1) in scheduler.observer.queue
     assert a.prepared and b.prepared and not c.prepared  # a queued job is prepared only when it gets a slot
     drain(scheduler)
-    # a ends after step 3, c takes its slot for step 4, b ends after step 5, c runs alone to step 7
-    assert scheduler.observer.steps == [(2, 2)] * 5 + [(1, 1)] * 2
+    # a ends after step 3, when frame 4 (a's row wasted) is already queued: c takes a's slot from frame 5, so step 4
+    # hands out b's frame alone; b ends after step 5, c runs alone to step 8
+    assert scheduler.observer.steps == [(2, 2)] * 3 + [(1, 1)] + [(2, 2)] + [(1, 1)] * 3
     assert scheduler.observer.first_audio_count == 3 and scheduler.observer.queue[-1] == (0, 0)
-    assert scheduler.observer.phases == ["reap", "admit", "emit"] * 7  # each step's cycle, timed outside the step
+    assert scheduler.observer.phases == ["reap", "admit", "emit"] * 8  # each step's cycle, timed outside the step
     assert [len(t.audio) for t in (a, b, c)] == [3, 5, 4] and all(t.finished and not t.errors for t in (a, b, c))
     assert all(t.matches(alone) for t in (a, b, c))
     assert scheduler.engine.active == 0 and not scheduler.run_once()
@@ -134,7 +135,8 @@ def test_cancelling_a_running_job_frees_its_slot_before_the_next_step(model, sch
     drain(scheduler)
     assert len(a.audio) == 1 and not a.finished
     assert len(a.errors) == 1 and isinstance(a.errors[0], Cancelled)
-    assert scheduler.observer.steps == [(2, 2)] * 4  # c joined b at step 2, in the slot a left
+    # c took the slot a left after step 1, from frame 3 on (frame 2 was queued): step 2 hands out b's frame alone
+    assert scheduler.observer.steps == [(2, 2), (1, 1), (2, 2), (2, 2), (1, 1)]
     assert b.matches(alone) and c.matches(alone) and not b.errors and not c.errors
 
 

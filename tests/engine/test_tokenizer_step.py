@@ -14,11 +14,15 @@ def inner(tiny_checkpoint):
     return load_checkpoint(str(tiny_checkpoint)).model.model
 
 
+@pytest.mark.parametrize("triton", [False, True], ids=["torch ops", "triton kernels"])
 @pytest.mark.parametrize("half", ["decoder", "semantic"])
-def test_streamed_chunks_equal_the_modules_with_the_same_caches(inner, half):
+def test_streamed_chunks_equal_the_modules_with_the_same_caches(inner, half, triton):
+    """With the torch ops, and with the Triton kernels as CUDA runs them (here through Triton's interpreter)."""
     module, output, shape = {"decoder": (inner.audio_tower.decoder, "audio", (3, 64, 1)),
                              "semantic": (inner.semantic_tokenizer_encoder, "latents", (3, 1, HOP_SAMPLES))}[half]
-    reference, ours = StreamingConvStep(module, output), TokenizerStep(module)
+    if triton:
+        pytest.importorskip("triton")
+    reference, ours = StreamingConvStep(module, output), TokenizerStep(module, triton=triton)
     generator = torch.Generator().manual_seed(0)
     reference_caches = our_caches = reference.zero_caches(3)
     with torch.no_grad():

@@ -5,8 +5,9 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from engine import tokenizer_step
+from engine import network, tokenizer_step
 
 
 @pytest.fixture(scope="module")
@@ -39,3 +40,69 @@ def test_convnext_mixer_equals_the_torch_ops(kernels, frames, channels, dtype):
         # kernel and CUDA torch do), while a wrong tap, row or channel is off by the values' own size
         tolerance = {torch.float32: 1e-5, torch.bfloat16: 3e-2}[dtype] * float(theirs.abs().max())
         torch.testing.assert_close(mine, theirs, rtol=0, atol=tolerance, msg=name)
+
+
+@pytest.mark.parametrize("frames, channels, hidden", [(1, 48, 192), (5, 12, 48), (40, 32, 128), (300, 8, 24)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_convnext_block_equals_the_torch_ops(kernels, frames, channels, hidden, dtype):
+    """The whole block against the mixer's torch ops and the FFN (exact GELU) as the modules compute it: rows and
+    channels below tl.dot's 16, hidden widths that are not a multiple of the kernel's hidden tile."""
+    generator = torch.Generator().manual_seed(frames + channels)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=generator) * scale).to(dtype)
+
+    batch, width = 2, 6
+    x = rand(batch, frames, channels, scale=3.0)
+    cache = rand(batch, channels, width).transpose(1, 2)
+    mixer = (rand(channels), 1e-5, rand(channels, 1, width + 1), rand(channels), rand(channels), rand(channels),
+             1e-6)
+    ffn = (rand(hidden, channels, scale=channels ** -0.5), rand(hidden), rand(channels, hidden, scale=hidden ** -0.5),
+           rand(channels), rand(channels))
+    out, new_cache = kernels.convnext_block(x, cache, *mixer, *ffn)
+    x1, ffn_in, expected_cache = tokenizer_step.convnext_mixer(x, cache, *mixer)
+    expected = torch.addcmul(x1, F.linear(F.gelu(F.linear(ffn_in, ffn[0], ffn[1])), ffn[2], ffn[3]), ffn[4])
+    for name, mine, theirs in (("out", out, expected), ("new cache", new_cache, expected_cache)):
+        assert mine.shape == theirs.shape and mine.dtype == dtype, name
+        tolerance = {torch.float32: 1e-5, torch.bfloat16: 3e-2}[dtype] * float(theirs.abs().max())
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=tolerance, msg=name)
+
+
+def test_convnext_block_refuses_wide_blocks(kernels):
+    channels = kernels.BLOCK_MAX_CHANNELS + 1
+    x, cache = torch.zeros(1, 2, channels), torch.zeros(1, 6, channels)
+    with pytest.raises(ValueError, match=f"at most {kernels.BLOCK_MAX_CHANNELS} channels"):
+        kernels.convnext_block(x, cache, *([None] * 12))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("weighted", [True, False])
+def test_diffusion_step_kernels_equal_the_torch_ops(kernels, dtype, weighted):
+    """The solver's glue: shift/scale/gate as rows of one modulation tensor (strided, as the solver slices them),
+    a width that is not a power of two, a norm without weight (the final layer's)."""
+    generator = torch.Generator().manual_seed(7)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=generator).to(dtype)
+
+    rows, width, latent = 6, 40, 12
+    modulation = rand(rows, 3, 5, width)[:, 1]  # [rows, chunks, width] seen through a step's slice
+    shift, scale, gate = modulation[:, 0], modulation[:, 1], modulation[:, 2]
+    hidden, update, weight = rand(rows, width), rand(rows, width), rand(width) if weighted else None
+    tolerance = {torch.float32: 1e-5, torch.bfloat16: 3e-2}[dtype]
+
+    def check(mine, theirs):
+        assert mine.shape == theirs.shape and mine.dtype == theirs.dtype
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=tolerance * float(theirs.abs().max()))
+
+    check(kernels.modulated_norm(hidden, weight, 1e-6, shift, scale),
+          network.modulated_norm(hidden, weight, 1e-6, shift, scale))
+    for mine, theirs in zip(kernels.residual_modulated_norm(hidden, gate, update, weight, 1e-6, shift, scale),
+                            network.residual_modulated_norm(hidden, gate, update, weight, 1e-6, shift, scale)):
+        check(mine, theirs)
+    gate_up = rand(rows, 2 * 1500)  # wider than one program's block
+    check(kernels.silu_mul(gate_up), network.silu_mul(gate_up))
+    table = rand(rows // 2, 4, 6)[:, 2, 1:]  # a step's (alpha, sigma, a, b, c) per row
+    args = (rand(rows, latent), rand(rows // 2, latent), rand(rows // 2, latent), rand(rows // 2), table)
+    for mine, theirs in zip(kernels.guided_update(*args), network.guided_update(*args)):
+        check(mine, theirs)
