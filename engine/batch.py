@@ -28,6 +28,7 @@ slots change device state in stream order, after the frame in flight.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from collections import deque
 from dataclasses import dataclass
@@ -184,15 +185,18 @@ class BatchEngine:
             raise RuntimeError(f"{len(requests)} requests for {self.free_slots} free slots: check free_slots first")
         first, spec = len(self._slots), self.runtime.spec
         indices = range(first, first + len(requests))
-        self._prefill([2 * i for i in indices], [prompt.embeds for prompt, _ in requests])
-        bos = self.runtime.embed(torch.tensor([spec.audio_bos_id], device=self.runtime.device))
-        self._prefill([2 * i + 1 for i in indices], [bos] * len(requests))
+        self._prefill(list(indices), [prompt.embeds for prompt, _ in requests])
+        keys, values, hidden = self._negative_start
+        negative_rows = torch.tensor([2 * i + 1 for i in indices], device=self.runtime.device)
+        self._keys[:, negative_rows, :, :1] = keys[:, None]
+        self._values[:, negative_rows, :, :1] = values[:, None]
+        self._negative_hidden[first:first + len(requests)] = hidden
         ids = []
         for index, (prompt, options) in zip(indices, requests):
             self._conv_state[index].zero_()
             self._noises_used[index] = 0
             self._positive_len[index] = prompt.length
-            self._negative_len[index] = 0  # the bos prefill is the first speculative negative step
+            self._negative_len[index] = 0  # the bos start is the first speculative negative step
             self._cfg[index] = options.cfg_scale
             self._exact[index] = options.exact_frames is not None
             self._table[index] = torch.tensor(schedule_table([options.diffusion_steps],
@@ -205,6 +209,17 @@ class BatchEngine:
             ids.append(slot.stream_id)
         return ids
 
+    @functools.cached_property
+    def _negative_start(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Where every negative row starts: audio_bos alone at position 0, the same for every stream, so prefilled
+        once: its key and value [layers, kv_heads, 1, head_dim] and last hidden state [H]."""
+        rt, spec = self.runtime, self.runtime.spec
+        bos = rt.embed(torch.tensor([[spec.audio_bos_id]], device=rt.device))
+        empty = torch.zeros(spec.num_layers, 1, spec.kv_heads, 0, spec.head_dim, dtype=rt.dtype, device=rt.device)
+        hidden, _, keys, values = rt.lm(bos, torch.zeros(1, 1, dtype=torch.long, device=rt.device), empty, empty,
+                                        torch.zeros(1, 0, dtype=torch.bool, device=rt.device))
+        return keys[:, 0], values[:, 0], hidden[0, 0]
+
     def cancel(self, stream_id: int) -> bool:
         """Free a stream's slot now; it produces nothing more."""
         for index, slot in enumerate(self._slots):
@@ -213,15 +228,15 @@ class BatchEngine:
                 return True
         return False
 
-    def _prefill(self, rows: list[int], prompts: list[torch.Tensor]) -> None:
-        """Run prompts ([length, H] each) into KV rows `rows` from position 0 (the rows' old content is dead), in
-        batches of at most PREFILL_TOKENS padded tokens, keeping each prompt's last hidden state and logits (for
-        positive rows). Prompts are right-padded: causal attention keeps the padding out of every real token."""
+    def _prefill(self, slots: list[int], prompts: list[torch.Tensor]) -> None:
+        """Run prompts ([length, H] each) into the positive KV rows of `slots` from position 0 (the rows' old content
+        is dead), in batches of at most PREFILL_TOKENS padded tokens, keeping each prompt's last hidden state and
+        logits. Prompts are right-padded: causal attention keeps the padding out of every real token."""
         spec, dev, dt = self.runtime.spec, self.runtime.device, self.runtime.dtype
         start = 0
-        while start < len(rows):
+        while start < len(slots):
             end = start + 1
-            while end < len(rows) and (end + 1 - start) * max(p.shape[0] for p in prompts[start:end + 1]) \
+            while end < len(slots) and (end + 1 - start) * max(p.shape[0] for p in prompts[start:end + 1]) \
                     <= PREFILL_TOKENS:
                 end += 1
             group, lengths = prompts[start:end], [p.shape[0] for p in prompts[start:end]]
@@ -233,13 +248,11 @@ class BatchEngine:
             positions = torch.arange(width, device=dev)[None].expand(len(group), width)
             hidden, logits, keys, values = self.runtime.lm(embeds, positions, empty, empty,
                                                            torch.zeros(len(group), 0, dtype=torch.bool, device=dev))
-            for i, (row, length) in enumerate(zip(rows[start:end], lengths)):
-                self._keys[:, row, :, :length] = keys[:, i, :, :length]
-                self._values[:, row, :, :length] = values[:, i, :, :length]
-                hidden_state = self._positive_hidden if row % 2 == 0 else self._negative_hidden
-                hidden_state[row // 2] = hidden[i, length - 1]
-                if row % 2 == 0:
-                    self._logits[row // 2] = logits[i, length - 1]
+            for i, (slot, length) in enumerate(zip(slots[start:end], lengths)):
+                self._keys[:, 2 * slot, :, :length] = keys[:, i, :, :length]
+                self._values[:, 2 * slot, :, :length] = values[:, i, :, :length]
+                self._positive_hidden[slot] = hidden[i, length - 1]
+                self._logits[slot] = logits[i, length - 1]
             start = end
 
     def _remove(self, index: int) -> None:
