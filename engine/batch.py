@@ -214,10 +214,7 @@ class BatchEngine:
         """Where every negative row starts: audio_bos alone at position 0, the same for every stream, so prefilled
         once: its key and value [layers, kv_heads, 1, head_dim] and last hidden state [H]."""
         rt, spec = self.runtime, self.runtime.spec
-        bos = rt.embed(torch.tensor([[spec.audio_bos_id]], device=rt.device))
-        empty = torch.zeros(spec.num_layers, 1, spec.kv_heads, 0, spec.head_dim, dtype=rt.dtype, device=rt.device)
-        hidden, _, keys, values = rt.lm(bos, torch.zeros(1, 1, dtype=torch.long, device=rt.device), empty, empty,
-                                        torch.zeros(1, 0, dtype=torch.bool, device=rt.device))
+        hidden, _, keys, values = rt.prefill(rt.embed(torch.tensor([[spec.audio_bos_id]], device=rt.device)))
         return keys[:, 0], values[:, 0], hidden[0, 0]
 
     def cancel(self, stream_id: int) -> bool:
@@ -231,7 +228,7 @@ class BatchEngine:
     def _prefill(self, slots: list[int], prompts: list[torch.Tensor]) -> None:
         """Run prompts ([length, H] each) into the positive KV rows of `slots` from position 0 (the rows' old content
         is dead), in batches of at most PREFILL_TOKENS padded tokens, keeping each prompt's last hidden state and
-        logits. Prompts are right-padded: causal attention keeps the padding out of every real token."""
+        logits."""
         spec, dev, dt = self.runtime.spec, self.runtime.device, self.runtime.dtype
         start = 0
         while start < len(slots):
@@ -244,10 +241,7 @@ class BatchEngine:
             embeds = torch.zeros(len(group), width, spec.hidden_size, dtype=dt, device=dev)
             for i, prompt in enumerate(group):
                 embeds[i, :lengths[i]] = prompt
-            empty = torch.zeros(spec.num_layers, len(group), spec.kv_heads, 0, spec.head_dim, dtype=dt, device=dev)
-            positions = torch.arange(width, device=dev)[None].expand(len(group), width)
-            hidden, logits, keys, values = self.runtime.lm(embeds, positions, empty, empty,
-                                                           torch.zeros(len(group), 0, dtype=torch.bool, device=dev))
+            hidden, logits, keys, values = self.runtime.prefill(embeds)
             for i, (slot, length) in enumerate(zip(slots[start:end], lengths)):
                 self._keys[:, 2 * slot, :, :length] = keys[:, i, :, :length]
                 self._values[:, 2 * slot, :, :length] = values[:, i, :, :length]

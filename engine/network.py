@@ -75,35 +75,56 @@ class CachedLanguageModelStep(nn.Module):
     logits [R, V'] (the same outputs as LanguageModelStep for one new token). Written for few kernels, since a
     captured step is bound by their count, not by bytes: q, k and v in one product, gate and up in one, residuals
     added by the products (addmm), fused RMSNorm, and the rotary tables and attention mask built once per step
-    rather than per layer. With `compile`, each decoder layer runs as one torch.compile'd function of its weights
-    (compiled once, shared by every layer, dynamic shapes).
+    rather than per layer. On CUDA (`triton`: None, the default, means on CUDA tensors where Triton imports) the
+    rotary embedding with the KV write and the MLP's silu * up are one Triton kernel each (`rotary_kv_write`,
+    `silu_mul`; their torch twins are in this module). With `compile`, each decoder layer runs as one
+    torch.compile'd function of its weights (compiled once, shared by every layer, dynamic shapes), on torch ops.
     """
 
-    def __init__(self, step: LanguageModelStep, compile: bool = False):
+    def __init__(self, step: LanguageModelStep, compile: bool = False, triton: bool | None = None):
         super().__init__()
-        self.step = step
+        self.step, self.triton = step, triton
         self.layer_weights = [_layer_weights(layer) for layer in step.lm.layers]
         half = step.head_dim // 2
         # rotate_half(x) * sin == roll(x, half) * (sign * sin): the sign is folded into the table once per step
         sign = torch.cat([-torch.ones(half), torch.ones(half)]).to(step.token_weight)  # the model's device and dtype
         self.register_buffer("rotation_sign", sign, persistent=False)
+        self.compiled = compile
         self.layer = torch.compile(cached_decoder_layer, dynamic=True) if compile else cached_decoder_layer
 
     def forward(self, embeds, positions, keys, values, context: int):
         step, rows = self.step, embeds.shape[0]
+        wanted = embeds.is_cuda if self.triton is None else self.triton
+        ops = (kernels() if wanted and not self.compiled else None) or sys.modules[__name__]
         cos, sin = step.lm.rotary_emb(embeds[:, None], positions[:, None])  # [R, 1, head_dim]
-        sin = sin * self.rotation_sign
+        cos, sin = cos[:, 0], (sin * self.rotation_sign)[:, 0]
         visible = torch.arange(context, device=embeds.device)[None] <= positions[:, None]  # [R, context]
         mask = torch.zeros(visible.shape, dtype=embeds.dtype, device=embeds.device).masked_fill_(
             ~visible, torch.finfo(embeds.dtype).min)[:, None, None]
-        slot = positions[:, None, None, None].expand(rows, step.kv_heads, 1, step.head_dim)
         hidden = embeds
         for i, weights in enumerate(self.layer_weights):
             hidden = self.layer(hidden, weights, cos, sin, keys[i, :rows, :, :context],
-                                values[i, :rows, :, :context], slot, mask, step.heads, step.kv_heads)
+                                values[i, :rows, :, :context], positions, mask, step.heads, step.kv_heads, ops)
         norm = step.lm.norm
         hidden = F.rms_norm(hidden, hidden.shape[-1:], norm.weight, norm.variance_epsilon)
         return hidden, hidden @ step.token_weight.T
+
+
+    def prefill(self, embeds):
+        """Prompts [B, S, H] from position 0 with no past, right-padded: LanguageModelStep's outputs, computed by
+        the same fused layers as the cached step (`prefill_decoder_layer`)."""
+        step, (batch, length, _) = self.step, embeds.shape
+        positions = torch.arange(length, device=embeds.device)[None].expand(batch, length)
+        cos, sin = step.lm.rotary_emb(embeds, positions)  # [B, S, head_dim]
+        sin = sin * self.rotation_sign
+        hidden, keys, values = embeds, [], []
+        for weights in self.layer_weights:
+            hidden, k, v = prefill_decoder_layer(hidden, weights, cos, sin, step.heads, step.kv_heads)
+            keys.append(k)
+            values.append(v)
+        norm = step.lm.norm
+        hidden = F.rms_norm(hidden, hidden.shape[-1:], norm.weight, norm.variance_epsilon)
+        return hidden, hidden @ step.token_weight.T, torch.stack(keys), torch.stack(values)
 
 
 def _layer_weights(layer: nn.Module) -> dict:
@@ -116,24 +137,51 @@ def _layer_weights(layer: nn.Module) -> dict:
             "gate_up": fuse_linears([mlp.gate_proj, mlp.up_proj]), "down": linear_params(mlp.down_proj)}
 
 
-def cached_decoder_layer(hidden, w, cos, sin, keys, values, slot, mask, heads: int, kv_heads: int):
+def rotary_kv_write(qkv, cos, sin, keys, values, positions, heads: int, kv_heads: int):
+    """qkv [R, (heads + 2 kv) d], cos/sin [R, d] (sin carrying rotate_half's sign): rotates q and k, writes k and v
+    into keys/values [R, kv, T, d] at `positions` [R]; returns q [R, heads, 1, d]."""
+    rows, head_dim = qkv.shape[0], cos.shape[-1]
+    qk = qkv[:, :(heads + kv_heads) * head_dim].view(rows, heads + kv_heads, head_dim)
+    qk = torch.addcmul(qk * cos[:, None], qk.roll(head_dim // 2, dims=-1), sin[:, None])
+    v = qkv[:, (heads + kv_heads) * head_dim:].view(rows, kv_heads, 1, head_dim)
+    slot = positions[:, None, None, None].expand(rows, kv_heads, 1, head_dim)
+    keys.scatter_(2, slot, qk[:, heads:, None])
+    values.scatter_(2, slot, v)
+    return qk[:, :heads, None]
+
+
+def cached_decoder_layer(hidden, w, cos, sin, keys, values, positions, mask, heads: int, kv_heads: int, ops):
     """One Qwen2 decoder layer for one new token per row (hidden [R, H]), writing its key and value into
-    `keys`/`values` [R, kv, context, d] at `slot` and attending with the additive `mask` [R, 1, 1, context].
-    `sin` carries rotate_half's sign (see CachedLanguageModelStep)."""
+    `keys`/`values` [R, kv, context, d] at `positions` and attending with the additive `mask` [R, 1, 1, context].
+    `sin` carries rotate_half's sign (see CachedLanguageModelStep); `ops` holds rotary_kv_write and silu_mul (this
+    module's torch ops or engine.triton_kernels)."""
     rows, head_dim = hidden.shape[0], keys.shape[-1]
     x = F.rms_norm(hidden, hidden.shape[-1:], w["norm1"], w["eps"])
-    qkv = linear(x, *w["qkv"])
-    qk = qkv[:, :(heads + kv_heads) * head_dim].view(rows, heads + kv_heads, head_dim)
-    qk = torch.addcmul(qk * cos, qk.roll(head_dim // 2, dims=-1), sin)
-    q, k = qk[:, :heads, None], qk[:, heads:, None]  # [R, heads, 1, d], [R, kv, 1, d]
-    v = qkv[:, (heads + kv_heads) * head_dim:].view(rows, kv_heads, 1, head_dim)
-    keys.scatter_(2, slot, k)
-    values.scatter_(2, slot, v)
+    q = ops.rotary_kv_write(linear(x, *w["qkv"]), cos, sin, keys, values, positions, heads, kv_heads)
     out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=w["scaling"], enable_gqa=True)
     hidden = linear_residual(out.reshape(rows, heads * head_dim), hidden, *w["o"])
     x = F.rms_norm(hidden, hidden.shape[-1:], w["norm2"], w["eps"])
-    gate, up = linear(x, *w["gate_up"]).chunk(2, dim=-1)
-    return linear_residual(F.silu(gate) * up, hidden, *w["down"])
+    return linear_residual(ops.silu_mul(linear(x, *w["gate_up"])), hidden, *w["down"])
+
+
+def prefill_decoder_layer(hidden, w, cos, sin, heads: int, kv_heads: int):
+    """One Qwen2 decoder layer over whole prompts (hidden [B, S, H]) with causal attention and no past ->
+    (hidden, k, v [B, kv, S, d]); the same fused products as cached_decoder_layer. `sin` carries rotate_half's
+    sign."""
+    batch, length, width = hidden.shape
+    head_dim = cos.shape[-1]
+    x = F.rms_norm(hidden, (width,), w["norm1"], w["eps"])
+    qkv = linear(x, *w["qkv"]).view(batch, length, heads + 2 * kv_heads, head_dim)
+    qk = qkv[:, :, :heads + kv_heads]
+    qk = torch.addcmul(qk * cos[:, :, None], qk.roll(head_dim // 2, dims=-1), sin[:, :, None])
+    q, k = qk[:, :, :heads].transpose(1, 2), qk[:, :, heads:].transpose(1, 2)
+    v = qkv[:, :, heads + kv_heads:].transpose(1, 2)
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=w["scaling"], enable_gqa=True)
+    flat = hidden.reshape(batch * length, width)
+    flat = linear_residual(out.transpose(1, 2).reshape(batch * length, heads * head_dim), flat, *w["o"])
+    gate, up = linear(F.rms_norm(flat, (width,), w["norm2"], w["eps"]), *w["gate_up"]).chunk(2, dim=-1)
+    flat = linear_residual(F.silu(gate) * up, flat, *w["down"])
+    return flat.view(batch, length, width), k, v
 
 
 @dataclass(frozen=True)

@@ -175,8 +175,8 @@ def convnext_block(x, cache, norm_weight, eps, conv_weight, conv_bias, gamma, ff
     return out, new_cache
 
 
-# --- the diffusion solve's per-step glue (engine.network.DiffusionSolver; the torch ops are engine.network's
-# TORCH_SOLVER_OPS, with the same signatures). One program per row; float32 math, each result rounded once.
+# --- the diffusion solve's per-step glue (engine.network.DiffusionSolver; its torch twins are engine.network's
+# functions of the same names). One program per row; float32 math, each result rounded once.
 
 @triton.jit
 def _modulated_norm_kernel(hidden_ptr, gate_ptr, update_ptr, weight_ptr, shift_ptr, scale_ptr,
@@ -284,3 +284,40 @@ def guided_update(v, x, previous_x0, cfg, coefficients):
                                    coefficients, x_out, x0, rows, width, coefficients.stride(0),
                                    BLOCK=triton.next_power_of_2(width))
     return x_out, x0
+
+
+# --- the cached LM step's rotary embedding and KV write (engine.network.cached_decoder_layer; its torch twin is
+# engine.network.rotary_kv_write)
+
+@triton.jit
+def _rotary_kv_write_kernel(qkv_ptr, cos_ptr, sin_ptr, positions_ptr, q_ptr, keys_ptr, values_ptr,
+                            HEADS, KV_HEADS, skr, skh, skt, svr, svh, svt, D: tl.constexpr):
+    row, head = tl.program_id(0), tl.program_id(1)
+    i = tl.arange(0, D)
+    dtype = q_ptr.dtype.element_ty
+    base = qkv_ptr + row * (HEADS + 2 * KV_HEADS) * D + head * D
+    x = tl.load(base + i).to(tl.float32)
+    rolled = tl.load(base + (i + D // 2) % D).to(tl.float32)  # roll by half: rotate_half up to sin's sign
+    rotated = (x * tl.load(cos_ptr + row * D + i).to(tl.float32)
+               + rolled * tl.load(sin_ptr + row * D + i).to(tl.float32)).to(dtype)
+    if head < HEADS:
+        tl.store(q_ptr + (row * HEADS + head) * D + i, rotated)
+    else:
+        kv = head - HEADS
+        position = tl.load(positions_ptr + row)
+        tl.store(keys_ptr + row * skr + kv * skh + position * skt + i, rotated)
+        value = tl.load(qkv_ptr + row * (HEADS + 2 * KV_HEADS) * D + (HEADS + KV_HEADS + kv) * D + i)
+        tl.store(values_ptr + row * svr + kv * svh + position * svt + i, value)
+
+
+def rotary_kv_write(qkv, cos, sin, keys, values, positions, heads: int, kv_heads: int):
+    """qkv [R, (heads + 2 kv) d], cos/sin [R, d] (sin carrying rotate_half's sign): rotates q and k, writes k and v
+    into keys/values [R, kv, T, d] (any strides, last contiguous) at `positions` [R]; returns q [R, heads, 1, d]."""
+    rows, head_dim = qkv.shape[0], cos.shape[-1]
+    if keys.stride(-1) != 1 or values.stride(-1) != 1:
+        raise ValueError("the KV caches' last dimension must be contiguous")
+    q = torch.empty(rows, heads, 1, head_dim, dtype=qkv.dtype, device=qkv.device)
+    _rotary_kv_write_kernel[(rows, heads + kv_heads)](qkv.contiguous(), cos.contiguous(), sin.contiguous(),
+                                                      positions, q, keys, values, heads, kv_heads,
+                                                      *keys.stride()[:3], *values.stride()[:3], D=head_dim)
+    return q

@@ -75,6 +75,8 @@ class Runtime:
     decode(latents [B,D,1], *caches) -> (audio [B,1,3200], *caches)
     semantic(audio [B,1,3200], *caches) -> (semantic [B,1,D'], *caches)
     encode_voice(audio [S,1,N]) -> mean latents [S,N/3200,D]
+    prefill(embeds [B,S,H]) -> lm's outputs for prompts at positions 0..S-1 with no past (right-padded: causal
+        attention keeps the padding out of every real token)
     lm_cached(embeds [R,H], positions [R], keys, values [layers,rows,kv,T,d], context) -> hidden [R,H], logits [R,V']
         one new token per row for the first R rows of a static KV cache, written in place at `positions`;
         attention reads positions < `context` (> every position)
@@ -88,6 +90,14 @@ class Runtime:
     def solve(self, noise, cond_pos, cond_neg, cfg, table):
         """Through `diffusion_head`, one call per step (runtimes that hold the head as one graph)."""
         return solve(self.diffusion_head, noise, cond_pos, cond_neg, cfg, table)
+
+    def prefill(self, embeds):
+        """Through `lm` with an empty past."""
+        spec, (batch, length, _) = self.spec, embeds.shape
+        empty = torch.zeros(spec.num_layers, batch, spec.kv_heads, 0, spec.head_dim, dtype=self.dtype,
+                            device=self.device)
+        positions = torch.arange(length, device=self.device)[None].expand(batch, length)
+        return self.lm(embeds, positions, empty, empty, torch.zeros(batch, 0, dtype=torch.bool, device=self.device))
 
     def lm_cached(self, embeds, positions, keys, values, context: int):
         """Through `lm` over the cache's live prefix (runtimes whose graphs cannot write in place)."""

@@ -70,6 +70,10 @@ class TorchRuntime(Runtime):
         return self._lm(embeds, positions, past_k, past_v, past_valid)
 
     @torch.no_grad()
+    def prefill(self, embeds):
+        return self._lm_cached.prefill(embeds)
+
+    @torch.no_grad()
     def lm_cached(self, embeds, positions, keys, values, context):
         return self._lm_cached(embeds, positions, keys, values, context)
 

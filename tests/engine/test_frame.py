@@ -9,7 +9,7 @@ from engine.config import EngineSettings
 from engine.prompt import prepare_prompt
 from engine.request import SynthesisOptions, SynthesisRequest, Voice
 from engine.runtime import load_runtime
-from engine.network import DiffusionSolver
+from engine.network import CachedLanguageModelStep, DiffusionSolver
 from engine.quantize import fuse_linears, linear
 from engine.runtime.base import Runtime
 from engine.sampler import schedule_table, solve
@@ -64,7 +64,11 @@ def live_state(engine, n):
             engine._positive_len[:n], engine._negative_len[:n]]
 
 
-def test_in_place_kv_step_equals_the_step_over_a_copied_past(model):
+@pytest.mark.parametrize("triton", [False, True], ids=["torch ops", "triton kernels"])
+def test_in_place_kv_step_equals_the_step_over_a_copied_past(model, triton):
+    """With the torch ops, and with the Triton kernels (rotary + KV write, silu * up) through Triton's interpreter."""
+    if triton:
+        pytest.importorskip("triton")
     runtime = model[0]
     spec = runtime.spec
     generator = torch.Generator().manual_seed(0)
@@ -73,12 +77,23 @@ def test_in_place_kv_step_equals_the_step_over_a_copied_past(model):
     embeds = torch.randn(4, spec.hidden_size, generator=generator)
     positions = torch.tensor([5, 17, 1, 30])
     copies = keys.clone(), values.clone()
-    hidden, logits = runtime.lm_cached(embeds, positions, keys, values, 32)
+    step = CachedLanguageModelStep(runtime._lm, triton=triton)
+    with torch.no_grad():
+        hidden, logits = step(embeds, positions, keys, values, 32)
     expected_hidden, expected_logits = Runtime.lm_cached(runtime, embeds, positions, *copies, 32)
     torch.testing.assert_close(hidden, expected_hidden, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(logits, expected_logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(keys, copies[0], rtol=1e-5, atol=1e-5)  # the same positions written, nothing else
     torch.testing.assert_close(values, copies[1], rtol=1e-5, atol=1e-5)
+
+
+def test_prefill_equals_the_lm_over_an_empty_past(model):
+    """The torch runtime's prefill (fused products, causal attention) against LanguageModelStep."""
+    runtime = model[0]
+    embeds = torch.randn(3, 37, runtime.spec.hidden_size, generator=torch.Generator().manual_seed(2))
+    for mine, theirs in zip(runtime.prefill(embeds), Runtime.prefill(runtime, embeds), strict=True):
+        assert mine.shape == theirs.shape
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
 
 
 def test_fused_solver_equals_the_reference_solve_over_the_head(model):

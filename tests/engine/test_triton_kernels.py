@@ -106,3 +106,22 @@ def test_diffusion_step_kernels_equal_the_torch_ops(kernels, dtype, weighted):
     args = (rand(rows, latent), rand(rows // 2, latent), rand(rows // 2, latent), rand(rows // 2), table)
     for mine, theirs in zip(kernels.guided_update(*args), network.guided_update(*args)):
         check(mine, theirs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rotary_kv_write_equals_the_torch_ops(kernels, dtype):
+    """Rows at different positions, caches as the engine's views (a layer's rows and context of the whole cache)."""
+    generator = torch.Generator().manual_seed(3)
+    rows, heads, kv_heads, head_dim = 3, 4, 2, 16
+    qkv = torch.randn(rows, (heads + 2 * kv_heads) * head_dim, generator=generator).to(dtype)
+    cos, sin = (torch.randn(rows, head_dim, generator=generator).to(dtype) for _ in range(2))
+    positions = torch.tensor([5, 0, 11])
+    caches = [torch.randn(2, 5, kv_heads, 16, head_dim, generator=generator).to(dtype) for _ in range(2)]
+    expected_caches = [cache.clone() for cache in caches]
+    q = kernels.rotary_kv_write(qkv, cos, sin, *(c[1, :rows, :, :12] for c in caches), positions, heads, kv_heads)
+    expected = network.rotary_kv_write(qkv, cos, sin, *(c[1, :rows, :, :12] for c in expected_caches), positions,
+                                       heads, kv_heads)
+    tolerance = {torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
+    torch.testing.assert_close(q, expected, rtol=0, atol=tolerance * float(expected.abs().max()))
+    for mine, theirs in zip(caches, expected_caches):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=tolerance * float(theirs.abs().max()))
