@@ -38,7 +38,7 @@ import torch
 
 from engine.config import DEFAULT_DIFFUSION_STEPS, HOP_SAMPLES, EngineSettings
 from engine.errors import InvalidRequest
-from engine.prompt import PreparedPrompt
+from engine.prompt import PreparedPrompt, upload
 from engine.request import MAX_DIFFUSION_STEPS, SynthesisOptions
 from engine.runtime.base import Runtime
 from engine.sampler import schedule_table
@@ -183,24 +183,25 @@ class BatchEngine:
             self.check(prompt)
         if len(requests) > self.free_slots:
             raise RuntimeError(f"{len(requests)} requests for {self.free_slots} free slots: check free_slots first")
-        first, spec = len(self._slots), self.runtime.spec
-        indices = range(first, first + len(requests))
-        self._prefill(list(indices), [prompt.embeds for prompt, _ in requests])
-        keys, values, hidden = self._negative_start
-        negative_rows = torch.tensor([2 * i + 1 for i in indices], device=self.runtime.device)
-        self._keys[:, negative_rows, :, :1] = keys[:, None]
-        self._values[:, negative_rows, :, :1] = values[:, None]
-        self._negative_hidden[first:first + len(requests)] = hidden
+        first, count, spec = len(self._slots), len(requests), self.runtime.spec
+        new = slice(first, first + count)
+        self._prefill(list(range(first, first + count)), [prompt.embeds for prompt, _ in requests])
+        keys, values, hidden = self._negative_start  # every negative row starts at audio_bos
+        self._keys[:, 2 * first + 1:2 * (first + count):2, :, :1] = keys[:, None]
+        self._values[:, 2 * first + 1:2 * (first + count):2, :, :1] = values[:, None]
+        self._negative_hidden[new] = hidden
+        for state in (self._conv_state, self._noises_used, self._negative_len):
+            state[new].zero_()  # the negative length: the bos start is the first speculative negative step
+        # the rest of the new slots' state in one upload per tensor (uploads that do not wait for the device)
+        options = [options for _, options in requests]
+        for state, rows in ((self._positive_len, [prompt.length for prompt, _ in requests]),
+                            (self._cfg, [o.cfg_scale for o in options]),
+                            (self._exact, [o.exact_frames is not None for o in options]),
+                            (self._table, schedule_table([o.diffusion_steps for o in options],
+                                                         width=MAX_DIFFUSION_STEPS))):
+            state[new].copy_(upload(rows, state))
         ids = []
-        for index, (prompt, options) in zip(indices, requests):
-            self._conv_state[index].zero_()
-            self._noises_used[index] = 0
-            self._positive_len[index] = prompt.length
-            self._negative_len[index] = 0  # the bos start is the first speculative negative step
-            self._cfg[index] = options.cfg_scale
-            self._exact[index] = options.exact_frames is not None
-            self._table[index] = torch.tensor(schedule_table([options.diffusion_steps],
-                                                             width=MAX_DIFFUSION_STEPS)[0])
+        for prompt, options in requests:
             limit = options.exact_frames or options.max_frames or self.settings.default_max_frames
             noises = [_draw_noise(prompt.generator, spec.latent_dim) for _ in range(2)]
             slot = _Slot(stream_id=next(self._ids), options=options, generator=prompt.generator,

@@ -110,21 +110,32 @@ def sample_voice_latents(means: list[torch.Tensor], generator: torch.Generator, 
     return [m + (scale[i] * noise[i, :m.shape[0]]).to(m) for i, m in enumerate(means)]
 
 
+def upload(values, like: torch.Tensor) -> torch.Tensor:
+    """`values` (nested lists or an array) as a tensor of `like`'s dtype on its device, queued behind the device's
+    work rather than waiting for it: on CUDA staged through pinned memory (a copy from pageable memory would first
+    wait for everything queued on the stream, a frame in flight included)."""
+    host = torch.as_tensor(np.asarray(values), dtype=like.dtype)
+    if like.device.type != "cuda":
+        return host.to(like.device)
+    return host.pin_memory().to(like.device, non_blocking=True)
+
+
 def embed_prompt(runtime: Runtime, inputs: PromptInputs, seed: int) -> PreparedPrompt:
     """Prompt embeddings [L, H]: token embeddings with each voice placeholder replaced by its sampled frame's
     embedding; the seed's generator draws the voice noise first, then the diffusion noise."""
     spec = runtime.spec
     generator = torch.Generator().manual_seed(seed)
-    means = [torch.as_tensor(m, dtype=runtime.dtype, device=runtime.device) for m in inputs.voice_latents]
-    sampled = torch.cat(sample_voice_latents(means, generator, spec.vae_std))
+    sampled = torch.cat(sample_voice_latents([torch.as_tensor(m) for m in inputs.voice_latents], generator,
+                                             spec.vae_std))
     ids = np.asarray(inputs.token_ids, dtype=np.int64)
     placeholders = np.flatnonzero(ids == spec.audio_token_id)  # found on the host: no wait for the device
     if len(placeholders) != sampled.shape[0]:
         raise InvalidRequest(f"the prompt holds {len(placeholders)} voice placeholders for {sampled.shape[0]} "
                              "voice frames")
-    embeds = runtime.embed(torch.from_numpy(ids).to(runtime.device)).clone()
-    embeds[torch.from_numpy(placeholders).to(runtime.device)] = runtime.acoustic_connector(
-        (sampled + spec.latent_bias) * spec.latent_scale)
+    like = torch.empty(0, dtype=torch.long, device=runtime.device)
+    embeds = runtime.embed(upload(ids, like)).clone()
+    voices = upload(sampled, torch.empty(0, dtype=runtime.dtype, device=runtime.device))
+    embeds[upload(placeholders, like)] = runtime.acoustic_connector((voices + spec.latent_bias) * spec.latent_scale)
     return PreparedPrompt(embeds=embeds, generator=generator, seed=seed)
 
 
