@@ -76,9 +76,10 @@ class CachedLanguageModelStep(nn.Module):
     captured step is bound by their count, not by bytes: q, k and v in one product, gate and up in one, residuals
     added by the products (addmm), fused RMSNorm, and the rotary tables and attention mask built once per step
     rather than per layer. On CUDA (`triton`: None, the default, means on CUDA tensors where Triton imports) the
-    rotary embedding with the KV write and the MLP's silu * up are one Triton kernel each (`rotary_kv_write`,
-    `silu_mul`; their torch twins are in this module). With `compile`, each decoder layer runs as one
-    torch.compile'd function of its weights (compiled once, shared by every layer, dynamic shapes), on torch ops.
+    rotary embedding with the KV write, the attention (over each row's live positions only) and the MLP's silu * up
+    are one Triton kernel each (`rotary_kv_write`, `attend`, `silu_mul`; their torch twins are in this module).
+    With `compile`, each decoder layer runs as one torch.compile'd function of its weights (compiled once, shared
+    by every layer, dynamic shapes), on torch ops.
     """
 
     def __init__(self, step: LanguageModelStep, compile: bool = False, triton: bool | None = None):
@@ -150,15 +151,21 @@ def rotary_kv_write(qkv, cos, sin, keys, values, positions, heads: int, kv_heads
     return qk[:, :heads, None]
 
 
+def attend(q, keys, values, mask, positions, scale: float):
+    """Attention of one new token per row: q [R, heads, 1, d] over keys/values [R, kv, T, d] where the additive
+    `mask` [R, 1, 1, T] allows (positions <= `positions` [R]: the Triton kernel reads those instead)."""
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale, enable_gqa=True)
+
+
 def cached_decoder_layer(hidden, w, cos, sin, keys, values, positions, mask, heads: int, kv_heads: int, ops):
     """One Qwen2 decoder layer for one new token per row (hidden [R, H]), writing its key and value into
     `keys`/`values` [R, kv, context, d] at `positions` and attending with the additive `mask` [R, 1, 1, context].
-    `sin` carries rotate_half's sign (see CachedLanguageModelStep); `ops` holds rotary_kv_write and silu_mul (this
-    module's torch ops or engine.triton_kernels)."""
+    `sin` carries rotate_half's sign (see CachedLanguageModelStep); `ops` holds rotary_kv_write, attend and
+    silu_mul (this module's torch ops or engine.triton_kernels)."""
     rows, head_dim = hidden.shape[0], keys.shape[-1]
     x = F.rms_norm(hidden, hidden.shape[-1:], w["norm1"], w["eps"])
     q = ops.rotary_kv_write(linear(x, *w["qkv"]), cos, sin, keys, values, positions, heads, kv_heads)
-    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=w["scaling"], enable_gqa=True)
+    out = ops.attend(q, keys, values, mask, positions, w["scaling"])
     hidden = linear_residual(out.reshape(rows, heads * head_dim), hidden, *w["o"])
     x = F.rms_norm(hidden, hidden.shape[-1:], w["norm2"], w["eps"])
     return linear_residual(ops.silu_mul(linear(x, *w["gate_up"])), hidden, *w["down"])

@@ -286,8 +286,8 @@ def guided_update(v, x, previous_x0, cfg, coefficients):
     return x_out, x0
 
 
-# --- the cached LM step's rotary embedding and KV write (engine.network.cached_decoder_layer; its torch twin is
-# engine.network.rotary_kv_write)
+# --- the cached LM step's rotary embedding and KV write, and its attention (engine.network.cached_decoder_layer;
+# their torch twins are engine.network's functions of the same names)
 
 @triton.jit
 def _rotary_kv_write_kernel(qkv_ptr, cos_ptr, sin_ptr, positions_ptr, q_ptr, keys_ptr, values_ptr,
@@ -321,3 +321,55 @@ def rotary_kv_write(qkv, cos, sin, keys, values, positions, heads: int, kv_heads
                                                       positions, q, keys, values, heads, kv_heads,
                                                       *keys.stride()[:3], *values.stride()[:3], D=head_dim)
     return q
+
+
+@triton.jit
+def _attend_kernel(q_ptr, keys_ptr, values_ptr, positions_ptr, out_ptr, T, scale,
+                   skr, skh, skt, svr, svh, svt, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr,
+                   BLOCK_N: tl.constexpr, DOT_FP32: tl.constexpr):
+    row, kv = tl.program_id(0), tl.program_id(1)
+    g = tl.arange(0, BLOCK_G)
+    d = tl.arange(0, D)
+    heads = kv * GROUP + g  # the query heads that share this key/value head
+    q = tl.load(q_ptr + (row * tl.num_programs(1) * GROUP + heads)[:, None] * D + d[None, :],
+                mask=(g < GROUP)[:, None], other=0.0)
+    operand = tl.float32 if DOT_FP32 else q.dtype
+    q = q.to(operand)
+    length = tl.minimum(tl.load(positions_ptr + row) + 1, T)  # positions past the row's own are never read
+    best = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
+    total = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_G, D), dtype=tl.float32)
+    for start in range(0, length, BLOCK_N):  # online softmax over the live context, BLOCK_N positions at a time
+        n = start + tl.arange(0, BLOCK_N)
+        live = n < length
+        k = tl.load(keys_ptr + row * skr + kv * skh + n[:, None] * skt + d[None, :], mask=live[:, None], other=0.0)
+        scores = tl.dot(q, tl.trans(k.to(operand)), input_precision="ieee" if DOT_FP32 else None) * scale
+        scores = tl.where(live[None, :], scores, float("-inf"))
+        new_best = tl.maximum(best, tl.max(scores, axis=1))
+        weights = tl.exp(scores - new_best[:, None])
+        correction = tl.exp(best - new_best)
+        total = total * correction + tl.sum(weights, axis=1)
+        v = tl.load(values_ptr + row * svr + kv * svh + n[:, None] * svt + d[None, :], mask=live[:, None], other=0.0)
+        update = tl.dot(weights.to(operand), v.to(operand), input_precision="ieee" if DOT_FP32 else None)
+        acc = acc * correction[:, None] + update
+        best = new_best
+    out = acc / total[:, None]
+    tl.store(out_ptr + (row * tl.num_programs(1) * GROUP + heads)[:, None] * D + d[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=(g < GROUP)[:, None])
+
+
+def attend(q, keys, values, mask, positions, scale: float):
+    """Attention of one new token per row: q [R, heads, 1, d] over keys/values [R, kv, T, d] (views, last dimension
+    contiguous) at positions <= `positions` [R] (what the additive `mask` [R, 1, 1, T] says too; this kernel reads
+    positions, and only the live part of the cache) -> [R, heads, 1, d]."""
+    rows, heads, _, head_dim = q.shape
+    kv_heads, context = keys.shape[1], keys.shape[2]
+    if keys.stride(-1) != 1 or values.stride(-1) != 1:
+        raise ValueError("the KV caches' last dimension must be contiguous")
+    q = q.contiguous()
+    out = torch.empty_like(q)
+    group = heads // kv_heads
+    _attend_kernel[(rows, kv_heads)](q, keys, values, positions, out, context, scale, *keys.stride()[:3],
+                                     *values.stride()[:3], GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
+                                     D=head_dim, BLOCK_N=64, DOT_FP32=q.dtype == torch.float32 or INTERPRETED)
+    return out

@@ -125,3 +125,22 @@ def test_rotary_kv_write_equals_the_torch_ops(kernels, dtype):
     torch.testing.assert_close(q, expected, rtol=0, atol=tolerance * float(expected.abs().max()))
     for mine, theirs in zip(caches, expected_caches):
         torch.testing.assert_close(mine, theirs, rtol=0, atol=tolerance * float(theirs.abs().max()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attend_equals_sdpa_over_the_masked_cache(kernels, dtype):
+    """Grouped queries (6 per key/value head, as the 1.5B), rows at positions inside, at the edge of and across
+    several of the kernel's 64-position blocks; stale cache entries past a row's position must not count."""
+    generator = torch.Generator().manual_seed(4)
+    rows, heads, kv_heads, head_dim, context = 4, 12, 2, 32, 160
+    q = torch.randn(rows, heads, 1, head_dim, generator=generator).to(dtype)
+    keys, values = (torch.randn(2, 6, kv_heads, 192, head_dim, generator=generator).to(dtype)[1, :rows, :, :context]
+                    for _ in range(2))
+    positions = torch.tensor([0, 63, 64, 150])
+    visible = torch.arange(context)[None] <= positions[:, None]
+    mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, torch.finfo(dtype).min)[:, None, None]
+    expected = network.attend(q, keys, values, mask, positions, head_dim ** -0.5)
+    mine = kernels.attend(q, keys, values, mask, positions, head_dim ** -0.5)
+    tolerance = {torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
+    assert mine.shape == expected.shape and mine.dtype == dtype
+    torch.testing.assert_close(mine, expected, rtol=0, atol=tolerance * float(expected.abs().max()))
