@@ -18,5 +18,10 @@ class EngineSettings:
     cuda_graphs: bool | None = None  # replay captured frames on CUDA (None: wherever the runtime is on CUDA)
 
 
+# A served stream's frames: the first is sent alone, later ones gathered into chunks of up to this many frames once
+# the listener holds this much audio ahead of playback (engine/chunking.py)
+MAX_FRAMES_PER_CHUNK = 8
+CHUNK_AHEAD_SECONDS = 0.5
+
 DEFAULT_CFG_SCALE = 1.3
 DEFAULT_DIFFUSION_STEPS = 10

@@ -113,18 +113,23 @@ def plan_chunk(settings: PostprocessSettings, state: StreamState, n: int, total:
     return ChunkRamps(dc_prev, dc_new, state.gain, gain_new), after
 
 
-def _apply_numpy(x: np.ndarray, ramps: ChunkRamps, settings: PostprocessSettings) -> np.ndarray:
-    """Steps 2, 3, 5 and 6 on the CPU, in float64."""
-    i = np.arange(x.shape[0], dtype=np.float64)
-    ramp = settings.crossfade_samples
-    w = np.where(i < ramp, 0.5 - 0.5 * np.cos(np.pi * (i + 1) / ramp), 1.0)
-    dc = ramps.dc_prev + (ramps.dc_new - ramps.dc_prev) * w
-    gain = ramps.gain_prev + (ramps.gain_new - ramps.gain_prev) * w
-    y = (x - dc) * gain
+def _apply_numpy(x64: np.ndarray, ramps: ChunkRamps, settings: PostprocessSettings) -> np.ndarray:
+    """Steps 2, 3, 5 and 6 on the CPU, in float64, for the chunk as float64. Past the first R samples w = 1, so the
+    ramps are constants there (the same float64 operations, done once), and the limiter's tanh runs only where
+    |y| > t: the same samples, bit for bit, in less than half the time of evaluating every step on every sample."""
+    n, ramp = x64.shape[0], settings.crossfade_samples
+    head = min(n, ramp)
+    w = 0.5 - 0.5 * np.cos(np.pi * np.arange(1, head + 1, dtype=np.float64) / ramp)
+    y = np.empty(n)
+    y[:head] = ((x64[:head] - (ramps.dc_prev + (ramps.dc_new - ramps.dc_prev) * w))
+                * (ramps.gain_prev + (ramps.gain_new - ramps.gain_prev) * w))
+    y[head:] = ((x64[head:] - (ramps.dc_prev + (ramps.dc_new - ramps.dc_prev)))
+                * (ramps.gain_prev + (ramps.gain_new - ramps.gain_prev)))
     t = 10 ** (settings.limit_dbfs / 20)
-    magnitude = np.abs(y)
-    y = np.where(magnitude > t, np.copysign(t + (1 - t) * np.tanh((magnitude - t) / (1 - t)), y), y)
-    return np.clip(y, -CEILING, CEILING).astype(np.float32)
+    loud = np.flatnonzero(np.abs(y) > t)
+    if loud.size:
+        y[loud] = np.copysign(t + (1 - t) * np.tanh((np.abs(y[loud]) - t) / (1 - t)), y[loud])
+    return np.clip(y, -CEILING, CEILING, out=y).astype(np.float32)
 
 
 CUDA_SOURCE = r"""
@@ -209,7 +214,7 @@ class StreamPostprocessor:
         ramps, self.state = plan_chunk(self.settings, self.state, x.shape[0], float(x64.sum()),
                                        float((x64 * x64).sum()))
         if self._cupy is None:
-            return _apply_numpy(x, ramps, self.settings)
+            return _apply_numpy(x64, ramps, self.settings)
         y = _apply_cuda(x, ramps, self.settings)
         return y if on_gpu else self._cupy.asnumpy(y)
 

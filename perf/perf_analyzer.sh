@@ -112,16 +112,20 @@ for c in $CONCURRENCIES; do
     --concurrency-range "$c:$c" --measurement-mode count_windows --measurement-request-count "$n" \
     --stability-percentage 20 --max-trials 6 \
     -f "$name.csv" --profile-export-file "$name.json" 2>&1 | tee "$name.log" || { failed="$failed $c"; continue; }
-  "$PYTHON" - "$name.json" <<'EOF'
+  "$PYTHON" - "$name.json" "$INPUT_DATA" <<'EOF'
 import json, statistics, sys
 
 requests = json.load(open(sys.argv[1]))["experiments"][0]["requests"]
 first = sorted((r["response_timestamps"][0] - r["timestamp"]) / 1e6 for r in requests if r["response_timestamps"])
 last = sorted((r["response_timestamps"][-1] - r["timestamp"]) / 1e6 for r in requests if r["response_timestamps"])
-frames = statistics.median(len(r["response_timestamps"]) for r in requests)
+responses = statistics.median(len(r["response_timestamps"]) for r in requests)
+# a response may hold several frames (engine/chunking.py): the audio's length is the request's EXACT_FRAMES
+exact = json.load(open(sys.argv[2]))["data"][0].get("EXACT_FRAMES")
+timing = (f"{exact['content'][0]} frames in {responses:.0f} responses (RTF "
+          f"{statistics.median(last) / 1000 / (exact['content'][0] * 3200 / 24000):.3f})" if exact else
+          f"{responses:.0f} responses")
 print(f"  first audio: p50 {statistics.median(first):.0f} ms, p99 {first[int(0.99 * (len(first) - 1))]:.0f} ms; "
-      f"whole request: p50 {statistics.median(last):.0f} ms for {frames:.0f} frames "
-      f"(RTF {statistics.median(last) / 1000 / (frames * 3200 / 24000):.3f})")
+      f"whole request: p50 {statistics.median(last):.0f} ms for {timing}")
 EOF
 done
 if [ -n "$failed" ]; then

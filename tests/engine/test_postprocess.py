@@ -90,6 +90,19 @@ def test_stream_follows_the_definition_sample_by_sample(sizes):
         np.testing.assert_allclose(have, want, atol=1e-6)
 
 
+@pytest.mark.parametrize("settings", [PostprocessSettings(crossfade_samples=1),
+                                      PostprocessSettings(crossfade_samples=4000, limit_dbfs=-6.0)],
+                         ids=["one-sample-ramp", "ramp-longer-than-a-frame"])
+def test_other_settings_follow_the_definition(settings):
+    """Ramps that end at once, or run on past a whole chunk (the state carries a ramp half done), and a limiter
+    that engages often."""
+    chunks = split(speech_like(), ODD_SIZES)
+    expected, got = reference(chunks, settings), stream(chunks, settings=settings, backend="numpy")
+    assert np.abs(np.concatenate(expected)).max() > 10 ** (settings.limit_dbfs / 20)
+    for want, have in zip(expected, got, strict=True):
+        np.testing.assert_allclose(have, want, atol=1e-6)
+
+
 def test_first_chunk_fades_in_then_passes_a_signal_already_at_the_target():
     x = tone(300, 10 ** (SETTINGS.target_dbfs / 20), HOP_SAMPLES / SAMPLE_RATE)  # 40 whole periods: gain 1, no DC
     y = StreamPostprocessor(backend="numpy").process(x)

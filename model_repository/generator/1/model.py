@@ -1,5 +1,6 @@
 """Triton `generator` (decoupled): owns the engine. Every request becomes a job of one continuously batched frame
-loop running on its own thread; each frame's audio is sent as soon as it exists."""
+loop running on its own thread; a stream's first frame is sent as soon as it exists, later ones in chunks of up to
+MAX_FRAMES_PER_CHUNK frames while the listener holds enough audio ahead (engine/chunking.py)."""
 import json
 import secrets
 import time
@@ -10,6 +11,7 @@ import triton_python_backend_utils as pb_utils
 
 from engine.batch import BatchEngine
 from engine.cancel_board import CancelBoard
+from engine.chunking import FrameChunker
 from engine.config import EngineSettings
 from engine.contract import decode_options, unpad_rows
 from engine.errors import Cancelled
@@ -109,8 +111,12 @@ class TritonPythonModel:
         constant = [pb_utils.Tensor("STREAM_ID", stream), pb_utils.Tensor("RAW", np.array([raw])),
                     pb_utils.Tensor("SEED", np.array([options.seed], dtype=np.int64))]
 
+        chunker = FrameChunker()
+
         def emit(output):
-            audio = output.audio if output.audio is not None else np.zeros(0, dtype=np.float32)
+            audio = chunker.add(output.audio, output.finished)
+            if audio is None:  # held for a longer chunk: the listener has enough audio ahead
+                return
             sender.send(pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor("AUDIO", audio), pb_utils.Tensor("FINAL", np.array([output.finished])),
                 pb_utils.Tensor("REASON", np.array([(output.reason or "").encode()], dtype=object)), *constant]),

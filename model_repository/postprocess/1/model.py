@@ -1,5 +1,6 @@
-"""Triton `postprocess`: finishes each stream's audio chunk by chunk (engine.postprocess: CuPy kernels on a GPU,
-NumPy on CPU), keeping every stream's state between its chunks; RAW requests pass through untouched."""
+"""Triton `postprocess`: finishes each stream's audio frame by frame (engine.postprocess: CuPy kernels on a GPU,
+NumPy on CPU; a response of several frames is split), keeping every stream's state between its chunks; RAW requests
+pass through untouched."""
 import json
 import time
 
@@ -7,6 +8,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from engine.cancel_board import CancelBoard
+from engine.config import HOP_SAMPLES
 from engine.postprocess import StreamPostprocessor
 
 # A stream that sends nothing for this long was cancelled upstream: its state is dropped.
@@ -30,8 +32,11 @@ class TritonPythonModel:
         return [self._finish(request, now) for request in requests]
 
     def _finish(self, request, now):
+        # one pass over the inputs: pb_utils.get_input_tensor_by_name lists them all again for every name
+        tensors = {tensor.name(): tensor for tensor in request.inputs()}
+
         def tensor(name):
-            return pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+            return tensors[name].as_numpy()
 
         audio, stream_id = tensor("AUDIO"), int(tensor("STREAM_ID")[0])
         if request.is_cancelled():  # the client cancelled the ensemble: tell the generator to stop this stream
@@ -42,7 +47,9 @@ class TritonPythonModel:
             audio = np.zeros(0, dtype=np.float32)
         elif not tensor("RAW")[0]:
             processor, _ = self.streams.get(stream_id) or (StreamPostprocessor(backend=self.backend), now)
-            audio = processor.process(audio)
+            # a chunk of several frames is finished frame by frame: the same samples as one request per frame
+            pieces = np.split(audio, range(HOP_SAMPLES, len(audio), HOP_SAMPLES))
+            audio = np.concatenate([processor.process(piece) for piece in pieces])
             self.streams[stream_id] = (processor, now)
         if tensor("FINAL")[0]:
             self.streams.pop(stream_id, None)
