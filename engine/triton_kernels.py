@@ -124,14 +124,15 @@ def _convnext_block_kernel(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr,
     tl.store(out_ptr + b * T * C + t[:, None] * C + c[None, :], out, mask=(t < T)[:, None] & channels[None, :])
 
 
-def _prepare(x, cache, min_block: int = 1):
-    """(x with contiguous rows, the new cache's buffer, BLOCK_T, BLOCK_C, grid, cache-side launch arguments)."""
+def _prepare(x, cache, rows: int = 0, min_block: int = 1):
+    """(x with contiguous rows, the new cache's buffer, BLOCK_T, BLOCK_C, grid, cache-side launch arguments), with at
+    most `rows` rows per program (0: TILE_ELEMENTS in all) and blocks of at least `min_block`."""
     batch, frames, channels = x.shape
     width = cache.shape[1]
     x = x if x.stride(-1) == 1 and x.stride(1) == channels else x.contiguous()
     new_cache = torch.empty(batch, width, channels, dtype=x.dtype, device=x.device)
     block_c = max(min_block, triton.next_power_of_2(channels))
-    block_t = max(min_block, min(triton.next_power_of_2(frames), TILE_ELEMENTS // block_c))
+    block_t = max(min_block, min(triton.next_power_of_2(frames), rows or TILE_ELEMENTS // block_c))
     grid = (batch, triton.cdiv(frames, block_t))
     strides = (x.stride(0), x.stride(1), *cache.stride())
     return x, new_cache, block_t, block_c, grid, strides
@@ -161,11 +162,9 @@ def convnext_block(x, cache, norm_weight, eps, conv_weight, conv_bias, gamma, ff
     rows, hidden_tile, warps = rows or BLOCK_KERNEL[0], hidden_tile or BLOCK_KERNEL[1], warps or BLOCK_KERNEL[2]
     if x.dtype == torch.float32:  # float32 operands take twice the shared memory
         hidden_tile = min(hidden_tile, 32)
-    x, new_cache, _, block_c, _, strides = _prepare(x, cache, min_block=16)  # tl.dot's smallest tile is 16
-    block_t = max(16, min(rows, triton.next_power_of_2(x.shape[1])))
+    x, new_cache, block_t, block_c, grid, strides = _prepare(x, cache, rows, min_block=16)  # tl.dot's least: 16
     out = torch.empty_like(x)
     width, hidden = cache.shape[1], linear1_weight.shape[0]
-    grid = (x.shape[0], triton.cdiv(x.shape[1], block_t))
     _convnext_block_kernel[grid](x, cache, norm_weight, conv_weight, conv_bias, gamma, ffn_norm_weight,
                                  linear1_weight, linear1_bias, linear2_weight, linear2_bias, ffn_gamma, out,
                                  new_cache, x.shape[1], x.shape[2], hidden, eps, ffn_eps, *strides,
