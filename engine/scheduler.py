@@ -16,6 +16,8 @@ from engine.request import SynthesisOptions
 
 # How often a job's `is_cancelled` is polled: cheap in process, an IPC round trip inside Triton.
 CANCEL_POLL_SECONDS = 0.05
+# Joining requests are prefilled this many at a time (engine admission does not wait for the device)
+ADMIT_BATCH = 16
 
 
 class SchedulerObserver:
@@ -144,9 +146,10 @@ class StreamScheduler:
         return True
 
     def _admit(self) -> None:
-        """Start as many waiting jobs as there are free slots, their prompts prefilled together."""
+        """Start as many waiting jobs as there are free slots, their prompts prefilled together, ADMIT_BATCH at a
+        time: the device prefills one batch while the host prepares the next one's prompts."""
         ready = []
-        while len(ready) < self.engine.free_slots:
+        while self.engine.free_slots > len(ready):
             with self._lock:
                 if not self._waiting:
                     break
@@ -158,17 +161,24 @@ class StreamScheduler:
                 job.fail(exc)
                 continue
             ready.append((job, prompt))
-        if ready:
-            try:
-                ids = self.engine.add_many([(prompt, job.options) for job, prompt in ready])
-            except Exception as exc:  # e.g. out of memory for this prefill: these jobs fail, serving goes on
-                for job, _ in ready:
-                    job.fail(exc)
-                ready, ids = [], []
-            for (job, _), stream_id in zip(ready, ids):
-                job.stream_id = stream_id
-                self._running[stream_id] = job
+            if len(ready) == ADMIT_BATCH:
+                self._start(ready)
+                ready = []
+        self._start(ready)
         self._report()
+
+    def _start(self, ready: list[tuple[Job, PreparedPrompt]]) -> None:
+        if not ready:
+            return
+        try:
+            ids = self.engine.add_many([(prompt, job.options) for job, prompt in ready])
+        except Exception as exc:  # e.g. out of memory for this prefill: these jobs fail, serving goes on
+            for job, _ in ready:
+                job.fail(exc)
+            return
+        for (job, _), stream_id in zip(ready, ids):
+            job.stream_id = stream_id
+            self._running[stream_id] = job
 
     def _drop(self, stream_id: int) -> None:
         self.engine.cancel(stream_id)

@@ -239,3 +239,16 @@ def test_closing_a_synthesizer_run_early_frees_its_slots(model, voices):
     run.close()
     assert synth.engine.active == 0 and synth.scheduler.active == 0 and synth.scheduler.queued == 0
     assert synth.synthesize(request(voices, 40, 2)).frames == 2
+
+
+def test_joining_jobs_are_prefilled_in_batches_of_admit_batch(model, voices, alone, monkeypatch):
+    """Three jobs for three free slots with ADMIT_BATCH 2: two engine admissions, and the same audio."""
+    monkeypatch.setattr(engine.scheduler, "ADMIT_BATCH", 2)
+    scheduler = StreamScheduler(BatchEngine(model[0], EngineSettings(max_streams=3, max_context=512)), Recorder())
+    admitted, add_many = [], scheduler.engine.add_many
+    monkeypatch.setattr(scheduler.engine, "add_many", lambda requests: admitted.append(len(requests))
+                        or add_many(requests))
+    jobs = [Tracked(model, request(voices, 15 + i, 3)) for i in range(3)]
+    submit_all(scheduler, *jobs)
+    drain(scheduler)
+    assert admitted == [2, 1] and all(job.finished and job.matches(alone) for job in jobs)
