@@ -199,7 +199,7 @@ class BatchEngine:
                             (self._exact, [o.exact_frames is not None for o in options]),
                             (self._table, schedule_table([o.diffusion_steps for o in options],
                                                          width=MAX_DIFFUSION_STEPS))):
-            state[new].copy_(upload(rows, state))
+            state[new].copy_(upload(rows, state.dtype, state.device))
         ids = []
         for prompt, options in requests:
             limit = options.exact_frames or options.max_frames or self.settings.default_max_frames

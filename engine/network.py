@@ -95,8 +95,7 @@ class CachedLanguageModelStep(nn.Module):
 
     def forward(self, embeds, positions, keys, values, context: int):
         step, rows = self.step, embeds.shape[0]
-        wanted = embeds.is_cuda if self.triton is None else self.triton
-        ops = (kernels() if wanted and not self.compiled else None) or sys.modules[__name__]
+        ops = (None if self.compiled else kernels_for(embeds, self.triton)) or sys.modules[__name__]
         cos, sin = step.lm.rotary_emb(embeds[:, None], positions[:, None])  # [R, 1, head_dim]
         cos, sin = cos[:, 0], (sin * self.rotation_sign)[:, 0]
         visible = torch.arange(context, device=embeds.device)[None] <= positions[:, None]  # [R, context]
@@ -294,6 +293,13 @@ def kernels():
     return triton_kernels
 
 
+def kernels_for(x: torch.Tensor, triton: bool | None):
+    """engine.triton_kernels where they run on `x`, else None: `triton` None means on CUDA tensors; never while
+    torch.compile traces (it fuses the torch ops itself)."""
+    wanted = x.is_cuda if triton is None else triton
+    return kernels() if wanted and not torch.compiler.is_compiling() else None
+
+
 class DiffusionSolver(nn.Module):
     """engine.sampler.solve over VibeVoice's diffusion head, written for few kernels. Whatever depends only on the
     condition and the timestep is computed before the loop in a few large products: the condition's projection,
@@ -327,9 +333,7 @@ class DiffusionSolver(nn.Module):
 
     def forward(self, noise, cond_pos, cond_neg, cfg, table):
         head, rows, steps, width = self.head, noise.shape[0], table.shape[1], self.hidden
-        wanted = noise.is_cuda if self.triton is None else self.triton
-        ops = kernels() if wanted and self.silu and not torch.compiler.is_compiling() else None
-        ops = ops or sys.modules[__name__]  # the torch ops of this module
+        ops = (kernels_for(noise, self.triton) if self.silu else None) or sys.modules[__name__]  # or this module's
         condition = head.cond_proj(torch.cat([cond_pos, cond_neg]))  # positive rows, then negative rows
         timesteps = table[:, :, 0].repeat(2, 1).reshape(-1)
         embedded = head.timestep_proj(head.timestep_embedding(timesteps).to(timesteps.dtype))

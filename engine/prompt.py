@@ -110,14 +110,14 @@ def sample_voice_latents(means: list[torch.Tensor], generator: torch.Generator, 
     return [m + (scale[i] * noise[i, :m.shape[0]]).to(m) for i, m in enumerate(means)]
 
 
-def upload(values, like: torch.Tensor) -> torch.Tensor:
-    """`values` (nested lists or an array) as a tensor of `like`'s dtype on its device, queued behind the device's
-    work rather than waiting for it: on CUDA staged through pinned memory (a copy from pageable memory would first
-    wait for everything queued on the stream, a frame in flight included)."""
-    host = torch.as_tensor(np.asarray(values), dtype=like.dtype)
-    if like.device.type != "cuda":
-        return host.to(like.device)
-    return host.pin_memory().to(like.device, non_blocking=True)
+def upload(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """`values` (nested lists or an array) as a `dtype` tensor on `device`, queued behind the device's work rather
+    than waiting for it: on CUDA staged through pinned memory (a copy from pageable memory would first wait for
+    everything queued on the stream, a frame in flight included)."""
+    host = torch.as_tensor(np.asarray(values), dtype=dtype)
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 def embed_prompt(runtime: Runtime, inputs: PromptInputs, seed: int) -> PreparedPrompt:
@@ -132,10 +132,10 @@ def embed_prompt(runtime: Runtime, inputs: PromptInputs, seed: int) -> PreparedP
     if len(placeholders) != sampled.shape[0]:
         raise InvalidRequest(f"the prompt holds {len(placeholders)} voice placeholders for {sampled.shape[0]} "
                              "voice frames")
-    like = torch.empty(0, dtype=torch.long, device=runtime.device)
-    embeds = runtime.embed(upload(ids, like)).clone()
-    voices = upload(sampled, torch.empty(0, dtype=runtime.dtype, device=runtime.device))
-    embeds[upload(placeholders, like)] = runtime.acoustic_connector((voices + spec.latent_bias) * spec.latent_scale)
+    embeds = runtime.embed(upload(ids, torch.long, runtime.device)).clone()
+    voices = upload(sampled, runtime.dtype, runtime.device)
+    embeds[upload(placeholders, torch.long, runtime.device)] = runtime.acoustic_connector(
+        (voices + spec.latent_bias) * spec.latent_scale)
     return PreparedPrompt(embeds=embeds, generator=generator, seed=seed)
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import GELUActivation
 
-from engine.network import conv_cache_specs, kernels as triton_kernels
+from engine.network import conv_cache_specs, kernels_for
 
 
 class TokenizerStep(nn.Module):
@@ -133,8 +133,7 @@ class _Block(nn.Module):
 
     def forward(self, x, cache):
         block, ffn = self.block, self.block.ffn
-        wanted = x.is_cuda if self.triton is None else self.triton
-        kernels = triton_kernels() if wanted and not torch.compiler.is_compiling() else None
+        kernels = kernels_for(x, self.triton)
         norm, ffn_norm, conv = block.norm, block.ffn_norm, block.mixer.conv
         mixer_args = (x, cache, norm.weight, norm.variance_epsilon, conv.weight, conv.bias, block.gamma,
                       ffn_norm.weight, ffn_norm.variance_epsilon)
