@@ -1,11 +1,11 @@
 """fp8 and int8 weights for the language model's linear layers: quantized once at load, computed in bf16.
 
-Both store a linear's weight [out, in] as 8-bit values with one float32 scale per output channel (symmetric).
-- fp8 (W8A8): the weight as float8_e4m3fn, and each activation row quantized to fp8 on the fly with its own scale.
-  From compute capability 8.9 (Ada, Hopper) the product is one torch._scaled_mm on fp8 tensor cores; elsewhere
-  (CPU, older GPUs) the same fp8 values are multiplied in float32: the same function, without the speed.
-- int8 (W8A16): weight-only; x @ int8ᵀ in the compute dtype, then the scale. The form torch.compile fuses.
-Every step stays on the device (no host synchronisation), so quantized layers run inside CUDA graphs.
+Both store a linear's weight [out, in] as 8-bit values (float8_e4m3fn or int8) with one float32 scale per output
+channel (symmetric), and are weight-only (W8A16): x times the 8-bit values, summed in float32, then the scale. On
+CUDA a quantized linear is one Triton kernel (engine.triton_kernels.scaled_linear, with bias and residual), which
+reads each 8-bit weight once: half the bytes of bf16, what a frame's few-row products are bound by. Elsewhere (CPU,
+while torch.compile traces) the same values are multiplied in float32: the same function, one rounding. Every step
+stays on the device (no host synchronisation), so quantized layers run inside CUDA graphs.
 """
 from __future__ import annotations
 
@@ -18,13 +18,6 @@ from engine.errors import RuntimeUnavailable
 QUANTIZED_WEIGHTS = ("fp8", "int8")
 INT8_MAX = 127.0
 SMALLEST_SCALE = 1e-12  # an all-zero row keeps a finite scale and quantizes to zeros
-SCALED_MM_MULTIPLE = 16  # torch._scaled_mm needs the inner and output widths to be multiples of 16 (rows are free)
-
-
-def fp8_matmul_available(device: str | torch.device) -> bool:
-    """Whether torch._scaled_mm multiplies fp8 on this device's tensor cores (CUDA compute capability >= 8.9)."""
-    device = torch.device(device)
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
 
 
 def quantize_rows(x: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,33 +35,30 @@ def quantize_rows(x: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tenso
 class QuantizedLinear(nn.Module):
     """An nn.Linear whose weight is stored quantized (fp8 or int8) with one float32 scale per output channel."""
 
-    def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, scaled_mm: bool):
+    def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
         self.register_buffer("weight", weight)  # [out, in], 8-bit
         self.register_buffer("scale", scale)    # [out], float32
         self.register_buffer("bias", bias)
-        self.scaled_mm = scaled_mm  # fp8 through torch._scaled_mm (decided once, for the weight's device)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, kind: str) -> "QuantizedLinear":
         weight, scale = quantize_rows(linear.weight.detach(), kind)
-        aligned = all(width % SCALED_MM_MULTIPLE == 0 for width in weight.shape)
-        scaled_mm = kind == "fp8" and aligned and fp8_matmul_available(weight.device)
-        return cls(weight, scale[:, 0], None if linear.bias is None else linear.bias.detach(), scaled_mm)
+        return cls(weight, scale[:, 0], None if linear.bias is None else linear.bias.detach())
 
     def forward(self, x):
         return linear(x, *linear_params(self))
 
     def extra_repr(self) -> str:
         out, width = self.weight.shape
-        return f"in_features={width}, out_features={out}, weight={self.weight.dtype}, scaled_mm={self.scaled_mm}"
+        return f"in_features={width}, out_features={out}, weight={self.weight.dtype}"
 
 
 def linear_params(module: nn.Module) -> tuple:
     """What `linear` takes after x for an nn.Linear or a QuantizedLinear: tensors and flags, no module, so one
     compiled function can serve every layer."""
     if isinstance(module, QuantizedLinear):
-        return module.weight, module.bias, module.scale, module.scaled_mm
+        return module.weight, module.bias, module.scale
     return module.weight, module.bias
 
 
@@ -96,36 +86,35 @@ def fuse_linears(modules: list[nn.Module]) -> tuple:
                 module.bias = nn.Parameter(bias[start:end], requires_grad=False)
         start = end
     if quantized:
-        return weight, bias, scale, all(m.scaled_mm for m in modules)
+        return weight, bias, scale
     return weight, bias
 
 
-def linear_residual(x, residual, weight, bias=None, scale=None, scaled_mm: bool = False):
-    """residual + linear(x, ...): one addmm for a float weight without bias (x and residual [rows, in/out])."""
+def linear_residual(x, residual, weight, bias=None, scale=None):
+    """residual + linear(x, ...): one addmm for a float weight without bias, one kernel for a quantized one on CUDA
+    (x and residual [rows, in/out])."""
     if scale is None and bias is None:
         return torch.addmm(residual, x, weight.t())
-    return residual + linear(x, weight, bias, scale, scaled_mm)
+    if scale is not None and (kernels := _kernels(x)):
+        return kernels.scaled_linear(x, weight, scale, bias, residual)
+    return residual + linear(x, weight, bias, scale)
 
 
-def linear(x, weight, bias=None, scale=None, scaled_mm: bool = False):
+def linear(x, weight, bias=None, scale=None):
     """F.linear, or the quantized product when the weight comes with its per-output-channel `scale`; the result is in
     x's dtype."""
     if scale is None:
         return F.linear(x, weight, bias)
-    if weight.dtype == torch.int8:
-        out = F.linear(x, weight.to(x.dtype)) * scale.to(x.dtype)
-    else:
-        out = _fp8_linear(x, weight, scale, scaled_mm)
+    if kernels := _kernels(x):
+        return kernels.scaled_linear(x, weight, scale, bias)
+    # scaled_linear's arithmetic: the 8-bit values' products summed in float32, the scale, one rounding
+    out = (F.linear(x.float(), weight.float()) * scale).to(x.dtype)
     return out if bias is None else out + bias
 
 
-def _fp8_linear(x, weight, scale, scaled_mm: bool):
-    rows, row_scale = quantize_rows(x.reshape(-1, x.shape[-1]), "fp8")
-    if scaled_mm:  # row-major activations times the column-major view of the [out, in] weight
-        out = torch._scaled_mm(rows, weight.t(), scale_a=row_scale, scale_b=scale[None], out_dtype=x.dtype)
-    else:  # _scaled_mm's arithmetic: the fp8 products summed in float32, both scales applied, one rounding
-        out = (F.linear(rows.float(), weight.float()) * row_scale * scale).to(x.dtype)
-    return out.reshape(*x.shape[:-1], weight.shape[0])
+def _kernels(x: torch.Tensor):
+    from engine.network import kernels_for  # engine.network builds on this module
+    return kernels_for(x, None)
 
 
 def quantize_linears(module: nn.Module, kind: str) -> int:

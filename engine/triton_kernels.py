@@ -22,10 +22,10 @@ import triton
 import triton.language as tl
 
 TILE_ELEMENTS = 4096  # rows x channels per program (convnext_mixer)
-BLOCK_MAX_CHANNELS = 128  # wider blocks have few rows and megabytes of FFN weights: cuBLAS runs their products
-# convnext_block's launch: rows per program, FFN hidden units per inner step, warps. The best on an H200 for every
-# narrow stage at 64 streams, within 1.4x of the best at one (perf/tune_block_kernel.py)
-BLOCK_KERNEL = (16, 64, 4)
+# convnext_block's launch by block width (at most): rows per program, FFN hidden units per inner step, warps.
+# Chosen on an H200 with perf/tune_block_kernel.py
+BLOCK_LAUNCH = {32: (16, 64, 4), 64: (16, 64, 4), 128: (16, 64, 8)}
+BLOCK_MAX_CHANNELS = max(BLOCK_LAUNCH)  # wider blocks have few rows and megabytes of FFN weights: cuBLAS runs them
 # Triton's interpreter (the CPU tests) miscomputes products of bf16 operands: there they are float32 (exact too)
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -41,16 +41,8 @@ def _mix(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr, gamma_ptr, ffn_no
     acc = tl.zeros((BLOCK_T, BLOCK_C), dtype=tl.float32)
     x_self = tl.zeros((BLOCK_T, BLOCK_C), dtype=tl.float32)
     for k in tl.static_range(WIDTH + 1):  # tap k reads row t + k - WIDTH of [cache, h]
-        src = t + (k - WIDTH)
-        from_x = src >= 0
-        x_mask = (rows & from_x)[:, None] & channels[None, :]
-        xr = tl.load(x_ptr + b * sxb + src[:, None] * sxt + c[None, :], mask=x_mask, other=0.0).to(tl.float32)
-        rstd = tl.rsqrt(tl.sum(xr * xr, axis=1) / C + eps)
-        h = (xr * rstd[:, None] * norm_w[None, :]).to(dtype).to(tl.float32)
-        cache_mask = (rows & (src < 0))[:, None] & channels[None, :]
-        cr = tl.load(cache_ptr + b * scb + (src + WIDTH)[:, None] * sct + c[None, :] * scc, mask=cache_mask,
-                     other=0.0).to(tl.float32)
-        h = tl.where(from_x[:, None], h, cr)
+        h, xr = _normalized(x_ptr, cache_ptr, norm_w, b, t + (k - WIDTH), rows, c, channels, C, eps, sxb, sxt,
+                            scb, sct, scc, WIDTH, dtype)
         tap = tl.load(conv_w_ptr + c * (WIDTH + 1) + k, mask=channels, other=0.0).to(tl.float32)
         acc += h * tap[None, :]
         if k == WIDTH:  # the row itself: kept for the residual, and in the new cache if among the last WIDTH rows
@@ -58,11 +50,24 @@ def _mix(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr, gamma_ptr, ffn_no
             slot = t - T + WIDTH
             keep = (rows & (slot >= 0))[:, None] & channels[None, :]
             tl.store(new_cache_ptr + b * WIDTH * C + slot[:, None] * C + c[None, :], h.to(dtype), mask=keep)
-    if tl.program_id(1) == 0:  # a chunk shorter than the cache keeps the cache's newest rows in front
-        r = tl.arange(0, BLOCK_W)
-        old = (r < WIDTH - T)[:, None] & channels[None, :]
-        kept = tl.load(cache_ptr + b * scb + (r + T)[:, None] * sct + c[None, :] * scc, mask=old, other=0.0)
-        tl.store(new_cache_ptr + b * WIDTH * C + r[:, None] * C + c[None, :], kept.to(dtype), mask=old)
+    if tl.program_id(1) == 0:
+        _keep_old_rows(cache_ptr, new_cache_ptr, b, c, channels, T, C, scb, sct, scc, WIDTH, BLOCK_W, dtype)
+    return _mixed(acc, x_self, c, channels, conv_b_ptr, gamma_ptr, ffn_norm_w_ptr, C, ffn_eps, dtype)
+
+
+@triton.jit
+def _keep_old_rows(cache_ptr, new_cache_ptr, b, c, channels, T, C, scb, sct, scc, WIDTH: tl.constexpr,
+                   BLOCK_W: tl.constexpr, dtype: tl.constexpr):
+    """A chunk shorter than the cache (T < WIDTH) keeps the cache's newest WIDTH - T rows in front of its own."""
+    r = tl.arange(0, BLOCK_W)
+    old = (r < WIDTH - T)[:, None] & channels[None, :]
+    kept = tl.load(cache_ptr + b * scb + (r + T)[:, None] * sct + c[None, :] * scc, mask=old, other=0.0)
+    tl.store(new_cache_ptr + b * WIDTH * C + r[:, None] * C + c[None, :], kept.to(dtype), mask=old)
+
+
+@triton.jit
+def _mixed(acc, x_self, c, channels, conv_b_ptr, gamma_ptr, ffn_norm_w_ptr, C, ffn_eps, dtype: tl.constexpr):
+    """The convolution's sum over taps `acc` and the rows x_self -> (x1, ffn_in) in dtype."""
     bias = tl.load(conv_b_ptr + c, mask=channels, other=0.0).to(tl.float32)
     gamma = tl.load(gamma_ptr + c, mask=channels, other=0.0).to(tl.float32)
     mixed = (acc + bias[None, :]).to(dtype).to(tl.float32)
@@ -88,6 +93,22 @@ def _convnext_mixer_kernel(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr,
     offsets = b * T * C + t[:, None] * C + c[None, :]
     tl.store(out_ptr + offsets, x1, mask=mask)
     tl.store(ffn_in_ptr + offsets, ffn_in, mask=mask)
+
+
+@triton.jit
+def _normalized(x_ptr, cache_ptr, norm_w, b, r, rows, c, channels, C, eps, sxb, sxt, scb, sct, scc,
+                WIDTH: tl.constexpr, dtype: tl.constexpr):
+    """Rows r of [cache, rms_norm(x)] (row r < 0 is the cache's row WIDTH + r) as float32 values rounded to dtype,
+    and x's rows r (zeros for r < 0)."""
+    from_x = r >= 0
+    xr = tl.load(x_ptr + b * sxb + r[:, None] * sxt + c[None, :], mask=(rows & from_x)[:, None] & channels[None, :],
+                 other=0.0).to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(xr * xr, axis=1) / C + eps)
+    h = (xr * rstd[:, None] * norm_w[None, :]).to(dtype).to(tl.float32)
+    cached = (rows & (r < 0) & (r >= -WIDTH))[:, None] & channels[None, :]
+    cr = tl.load(cache_ptr + b * scb + (r + WIDTH)[:, None] * sct + c[None, :] * scc, mask=cached,
+                 other=0.0).to(tl.float32)
+    return tl.where(from_x[:, None], h, cr), xr
 
 
 @triton.jit
@@ -152,14 +173,15 @@ def convnext_mixer(x, cache, norm_weight, eps, conv_weight, conv_bias, gamma, ff
 
 
 def convnext_block(x, cache, norm_weight, eps, conv_weight, conv_bias, gamma, ffn_norm_weight, ffn_eps,
-                   linear1_weight, linear1_bias, linear2_weight, linear2_bias, ffn_gamma, *, rows: int = 0,
-                   hidden_tile: int = 0, warps: int = 0):
+                   linear1_weight, linear1_bias, linear2_weight, linear2_bias, ffn_gamma, *,
+                   launch: tuple[int, int, int] | None = None):
     """The whole block: as convnext_mixer, with linear1 [4C, C], linear2 [C, 4C] (nn.Linear's layout) ->
-    (out [B, T, C], new cache [B, W, C]). For at most BLOCK_MAX_CHANNELS channels. `rows`, `hidden_tile` and
-    `warps` override BLOCK_KERNEL's launch configuration (perf/tune_block_kernel.py)."""
-    if x.shape[-1] > BLOCK_MAX_CHANNELS:
-        raise ValueError(f"convnext_block takes at most {BLOCK_MAX_CHANNELS} channels, not {x.shape[-1]}")
-    rows, hidden_tile, warps = rows or BLOCK_KERNEL[0], hidden_tile or BLOCK_KERNEL[1], warps or BLOCK_KERNEL[2]
+    (out [B, T, C], new cache [B, W, C]). For at most BLOCK_MAX_CHANNELS channels. `launch` (rows per program,
+    hidden units per inner step, warps) overrides block_launch's (perf/tune_block_kernel.py)."""
+    channels = x.shape[-1]
+    if channels > BLOCK_MAX_CHANNELS:
+        raise ValueError(f"convnext_block takes at most {BLOCK_MAX_CHANNELS} channels, not {channels}")
+    rows, hidden_tile, warps = launch or block_launch(channels)
     if x.dtype == torch.float32:  # float32 operands take twice the shared memory
         hidden_tile = min(hidden_tile, 32)
     x, new_cache, block_t, block_c, grid, strides = _prepare(x, cache, rows, min_block=16)  # tl.dot's least: 16
@@ -167,11 +189,16 @@ def convnext_block(x, cache, norm_weight, eps, conv_weight, conv_bias, gamma, ff
     width, hidden = cache.shape[1], linear1_weight.shape[0]
     _convnext_block_kernel[grid](x, cache, norm_weight, conv_weight, conv_bias, gamma, ffn_norm_weight,
                                  linear1_weight, linear1_bias, linear2_weight, linear2_bias, ffn_gamma, out,
-                                 new_cache, x.shape[1], x.shape[2], hidden, eps, ffn_eps, *strides,
+                                 new_cache, x.shape[1], channels, hidden, eps, ffn_eps, *strides,
                                  WIDTH=width, BLOCK_W=triton.next_power_of_2(width), BLOCK_T=block_t,
                                  BLOCK_C=block_c, BLOCK_H=min(hidden_tile, triton.next_power_of_2(hidden)),
                                  DOT_FP32=x.dtype == torch.float32 or INTERPRETED, num_warps=warps)
     return out, new_cache
+
+
+def block_launch(channels: int) -> tuple[int, int, int]:
+    """convnext_block's launch for blocks of `channels`: BLOCK_LAUNCH's entry for the least width >= channels."""
+    return BLOCK_LAUNCH[min(width for width in BLOCK_LAUNCH if width >= channels)]
 
 
 # --- the diffusion solve's per-step glue (engine.network.DiffusionSolver; its torch twins are engine.network's
@@ -372,3 +399,71 @@ def attend(q, keys, values, mask, positions, scale: float):
                                      *values.stride()[:3], GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
                                      D=head_dim, BLOCK_N=64, DOT_FP32=q.dtype == torch.float32 or INTERPRETED)
     return out
+
+
+# --- 8-bit linears (engine.quantize; its torch twin is engine.quantize.linear's CPU path)
+
+# scaled_linear's launch (rows, outputs, inner width per step, warps) for few rows (a frame's LM step up to 8
+# streams) and for many; few rows take narrower output tiles for narrow products and longer steps for wide inputs,
+# so that every product has enough programs (perf/tune_scaled_linear.py on an H200)
+FEW_ROWS_LAUNCH = (16, 32, 256, 4)
+MANY_ROWS_LAUNCH = (32, 64, 128, 4)
+NARROW_OUTPUTS = 4096  # at most this many outputs: 16 per program
+WIDE_INPUTS = 8192  # at least this many inputs: 512 per step
+
+
+@triton.jit
+def _scaled_linear_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, residual_ptr, out_ptr, M, N, K,
+                          HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, DOT_FP32: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """out = x @ (w * scale)ᵀ (+ bias) (+ residual) for an 8-bit w [N, K] with one float32 scale per output: the
+    8-bit values multiplied in x's dtype (where they are exact) or float32, summed in float32, scaled, rounded once;
+    bias and residual then added as PyTorch adds them (each rounded)."""
+    m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows, outputs = m < M, n < N
+    dtype = out_ptr.dtype.element_ty
+    operand = tl.float32 if DOT_FP32 else dtype
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for start in range(0, K, BLOCK_K):
+        k = start + tl.arange(0, BLOCK_K)
+        inner = k < K
+        xk = tl.load(x_ptr + m[:, None] * K + k[None, :], mask=rows[:, None] & inner[None, :], other=0.0)
+        w = tl.load(w_ptr + n[:, None] * K + k[None, :], mask=outputs[:, None] & inner[None, :], other=0.0)
+        acc += tl.dot(xk.to(operand), tl.trans(w.to(operand)), input_precision="ieee" if DOT_FP32 else None)
+    scale = tl.load(scale_ptr + n, mask=outputs, other=0.0)
+    out = (acc * scale[None, :]).to(dtype)
+    if HAS_BIAS:
+        out = (out.to(tl.float32) + tl.load(bias_ptr + n, mask=outputs, other=0.0).to(tl.float32)[None, :]).to(dtype)
+    where = m[:, None] * N + n[None, :]
+    mask = rows[:, None] & outputs[None, :]
+    if HAS_RESIDUAL:
+        out = (tl.load(residual_ptr + where, mask=mask, other=0.0).to(tl.float32) + out.to(tl.float32)).to(dtype)
+    tl.store(out_ptr + where, out, mask=mask)
+
+
+def scaled_linear(x, weight, scale, bias=None, residual=None, *, launch: tuple[int, int, int, int] | None = None):
+    """x [..., K] times an 8-bit weight [N, K] (int8 or float8_e4m3fn) with float32 scales [N]
+    (engine.quantize.QuantizedLinear), plus bias [N] and residual [..., N], in one kernel that reads each weight
+    byte once. `launch` (rows, outputs, inner step, warps) overrides scaled_linear_launch's."""
+    flat = x.reshape(-1, x.shape[-1]).contiguous()
+    rows, inner = flat.shape
+    outputs = weight.shape[0]
+    if weight.stride(1) != 1 or weight.stride(0) != inner:
+        raise ValueError("scaled_linear needs a contiguous [out, in] weight")
+    block_m, block_n, block_k, warps = launch or scaled_linear_launch(rows, outputs, inner)
+    out = torch.empty(rows, outputs, dtype=x.dtype, device=x.device)
+    _scaled_linear_kernel[(triton.cdiv(outputs, block_n), triton.cdiv(rows, block_m))](
+        flat, weight, scale, bias, None if residual is None else residual.reshape(rows, outputs).contiguous(), out,
+        rows, outputs, inner, HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
+        DOT_FP32=x.dtype == torch.float32 or INTERPRETED, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        num_warps=warps)
+    return out.view(*x.shape[:-1], outputs)
+
+
+def scaled_linear_launch(rows: int, outputs: int, inner: int) -> tuple[int, int, int, int]:
+    """scaled_linear's launch for a product of this shape."""
+    if rows > FEW_ROWS_LAUNCH[0]:
+        return MANY_ROWS_LAUNCH
+    block_m, block_n, block_k, warps = FEW_ROWS_LAUNCH
+    return (block_m, 16 if outputs <= NARROW_OUTPUTS else block_n, 512 if inner >= WIDE_INPUTS else block_k, warps)

@@ -21,8 +21,8 @@ class TorchPrecision:
     quantized: str | None = None     # the LM decoder layers' linear weights: "fp8" or "int8" (engine/quantize.py)
 
 
-# The one list of the torch runtime's precisions. fp8 multiplies on fp8 tensor cores from sm_89 (Ada, Hopper) on
-# and is emulated, same function, slower, elsewhere; int8 stores weights only (the matmul runs in bf16).
+# The one list of the torch runtime's precisions. fp8 and int8 store the LM's linear weights in 8 bits, weight-only
+# (engine/quantize.py): products of bf16 activations, one Triton kernel each on CUDA.
 TORCH_PRECISIONS = {
     "fp32": TorchPrecision(torch.float32),
     "bf16": TorchPrecision(torch.bfloat16),

@@ -6,7 +6,7 @@ import torch
 from engine.checkpoint import Checkpoint
 from engine.network import (CachedLanguageModelStep, DiffusionHeadStep, DiffusionSolver, LanguageModelStep,
                             VoiceEncoder)
-from engine.quantize import fp8_matmul_available, quantize_linears
+from engine.quantize import quantize_linears
 from engine.runtime.base import ModelSpec, Runtime
 from engine.tokenizer_step import TokenizerStep
 
@@ -19,7 +19,8 @@ class TorchRuntime(Runtime):
         """`voice_encoder_only` moves just the acoustic encoder to `device`; only `encode_voice` may be called.
         `compile` runs the frame's pieces (LM layers, diffusion solve, streaming decoder and semantic encoder)
         through torch.compile, with dynamic shapes so that one compilation serves every batch size.
-        `quantized` ("fp8" or "int8") stores the LM decoder layers' linear weights in 8 bits (engine/quantize.py);
+        `quantized` ("fp8" or "int8") stores the LM decoder layers' linear weights in 8 bits (engine/quantize.py,
+        weight-only);
         embeddings, the scored lm_head rows, the diffusion head and the convolutional tokenizers stay in `dtype`.
         The checkpoint's model is converted in place."""
         self.device = torch.device(device)
@@ -54,11 +55,9 @@ class TorchRuntime(Runtime):
 
     def describe(self) -> str:
         held = str(self.dtype).removeprefix("torch.")
-        if self.quantized == "fp8":
-            how = "torch._scaled_mm" if fp8_matmul_available(self.device) else "emulated: fp8 tensor cores need sm_89+"
-            held += f", fp8 LM weights and activations, {how}"
-        elif self.quantized == "int8":
-            held += ", int8 LM weights"
+        if self.quantized:
+            how = "Triton kernels" if self.device.type == "cuda" else "float32 products"
+            held += f", {self.quantized} LM weights ({how})"
         return f"{self.name} on {self.device} ({held})"
 
     @torch.no_grad()

@@ -44,9 +44,11 @@ def test_convnext_mixer_equals_the_torch_ops(kernels, frames, channels, dtype):
 
 @pytest.mark.parametrize("frames, channels, hidden", [(1, 48, 192), (5, 12, 48), (40, 32, 128), (300, 8, 24)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_convnext_block_equals_the_torch_ops(kernels, frames, channels, hidden, dtype):
+@pytest.mark.parametrize("launch", [None, (32, 32, 2)])
+def test_convnext_block_equals_the_torch_ops(kernels, frames, channels, hidden, dtype, launch):
     """The whole block against the mixer's torch ops and the FFN (exact GELU) as the modules compute it: rows and
-    channels below tl.dot's 16, hidden widths that are not a multiple of the kernel's hidden tile."""
+    channels below tl.dot's 16, hidden widths that are not a multiple of the kernel's hidden tile; the launch
+    configured for the width, and another."""
     generator = torch.Generator().manual_seed(frames + channels)
 
     def rand(*shape, scale=1.0):
@@ -59,7 +61,7 @@ def test_convnext_block_equals_the_torch_ops(kernels, frames, channels, hidden, 
              1e-6)
     ffn = (rand(hidden, channels, scale=channels ** -0.5), rand(hidden), rand(channels, hidden, scale=hidden ** -0.5),
            rand(channels), rand(channels))
-    out, new_cache = kernels.convnext_block(x, cache, *mixer, *ffn)
+    out, new_cache = kernels.convnext_block(x, cache, *mixer, *ffn, launch=launch)
     x1, ffn_in, expected_cache = tokenizer_step.convnext_mixer(x, cache, *mixer)
     expected = torch.addcmul(x1, F.linear(F.gelu(F.linear(ffn_in, ffn[0], ffn[1])), ffn[2], ffn[3]), ffn[4])
     for name, mine, theirs in (("out", out, expected), ("new cache", new_cache, expected_cache)):
@@ -144,3 +146,24 @@ def test_attend_equals_sdpa_over_the_masked_cache(kernels, dtype):
     tolerance = {torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
     assert mine.shape == expected.shape and mine.dtype == dtype
     torch.testing.assert_close(mine, expected, rtol=0, atol=tolerance * float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("kind", ["fp8", "int8"])
+@pytest.mark.parametrize("rows", [2, 20])
+@pytest.mark.parametrize("bias, residual", [(False, False), (True, False), (False, True), (True, True)])
+def test_scaled_linear_equals_the_quantized_linears_arithmetic(kernels, kind, rows, bias, residual):
+    """The 8-bit product kernel against engine.quantize's CPU arithmetic (8-bit values times x summed in float32,
+    the scale, one rounding, then bias and residual each rounded): few rows and many (the two launches), widths
+    that are not multiples of the tiles. They differ only in the float32 summation order: at most a bf16 step."""
+    from engine.quantize import linear, linear_residual, quantize_rows
+
+    generator = torch.Generator().manual_seed(rows)
+    weight, scale = quantize_rows(torch.randn(40, 300, generator=generator) * 0.05, kind)
+    scale = scale[:, 0]
+    x = torch.randn(rows, 300, generator=generator).bfloat16()
+    b = torch.randn(40, generator=generator).bfloat16() if bias else None
+    r = torch.randn(rows, 40, generator=generator).bfloat16() if residual else None
+    ours = kernels.scaled_linear(x, weight, scale, b, r)
+    expected = linear(x, weight, b, scale) if r is None else linear_residual(x, r, weight, b, scale)
+    assert ours.shape == expected.shape and ours.dtype == torch.bfloat16
+    torch.testing.assert_close(ours, expected, rtol=2 ** -7, atol=2 ** -7 * float(expected.abs().max()))
