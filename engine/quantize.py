@@ -55,8 +55,8 @@ class QuantizedLinear(nn.Module):
 
 
 def linear_params(module: nn.Module) -> tuple:
-    """What `linear` takes after x for an nn.Linear or a QuantizedLinear: tensors and flags, no module, so one
-    compiled function can serve every layer."""
+    """What `linear` takes after x for an nn.Linear or a QuantizedLinear: tensors, no module, so one compiled
+    function can serve every layer."""
     if isinstance(module, QuantizedLinear):
         return module.weight, module.bias, module.scale
     return module.weight, module.bias
