@@ -153,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--runtime", choices=RUNTIMES, default="auto")
         p.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="torch runtime on a checkpoint: auto picks bf16 on CUDA, fp32 on CPU; fp8 and int8 store "
-                            "the LM layers' weights in 8 bits and compute in bf16 (fp8 matmuls on sm_89+ GPUs, "
-                            "emulated elsewhere)")
+                            "the LM layers' weights in 8 bits (weight-only: bf16 activations; one Triton kernel per "
+                            "product on CUDA)")
         p.add_argument("--cfg", type=float, default=DEFAULT_CFG_SCALE, help="classifier-free guidance scale")
         p.add_argument("--steps", type=int, default=DEFAULT_DIFFUSION_STEPS, help="diffusion steps per frame")
 
