@@ -41,8 +41,16 @@ def _mix(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr, gamma_ptr, ffn_no
     acc = tl.zeros((BLOCK_T, BLOCK_C), dtype=tl.float32)
     x_self = tl.zeros((BLOCK_T, BLOCK_C), dtype=tl.float32)
     for k in tl.static_range(WIDTH + 1):  # tap k reads row t + k - WIDTH of [cache, h]
-        h, xr = _normalized(x_ptr, cache_ptr, norm_w, b, t + (k - WIDTH), rows, c, channels, C, eps, sxb, sxt,
-                            scb, sct, scc, WIDTH, dtype)
+        src = t + (k - WIDTH)
+        from_x = src >= 0
+        x_mask = (rows & from_x)[:, None] & channels[None, :]
+        xr = tl.load(x_ptr + b * sxb + src[:, None] * sxt + c[None, :], mask=x_mask, other=0.0).to(tl.float32)
+        rstd = tl.rsqrt(tl.sum(xr * xr, axis=1) / C + eps)
+        h = (xr * rstd[:, None] * norm_w[None, :]).to(dtype).to(tl.float32)
+        cache_mask = (rows & (src < 0))[:, None] & channels[None, :]
+        cr = tl.load(cache_ptr + b * scb + (src + WIDTH)[:, None] * sct + c[None, :] * scc, mask=cache_mask,
+                     other=0.0).to(tl.float32)
+        h = tl.where(from_x[:, None], h, cr)
         tap = tl.load(conv_w_ptr + c * (WIDTH + 1) + k, mask=channels, other=0.0).to(tl.float32)
         acc += h * tap[None, :]
         if k == WIDTH:  # the row itself: kept for the residual, and in the new cache if among the last WIDTH rows
@@ -50,24 +58,11 @@ def _mix(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr, gamma_ptr, ffn_no
             slot = t - T + WIDTH
             keep = (rows & (slot >= 0))[:, None] & channels[None, :]
             tl.store(new_cache_ptr + b * WIDTH * C + slot[:, None] * C + c[None, :], h.to(dtype), mask=keep)
-    if tl.program_id(1) == 0:
-        _keep_old_rows(cache_ptr, new_cache_ptr, b, c, channels, T, C, scb, sct, scc, WIDTH, BLOCK_W, dtype)
-    return _mixed(acc, x_self, c, channels, conv_b_ptr, gamma_ptr, ffn_norm_w_ptr, C, ffn_eps, dtype)
-
-
-@triton.jit
-def _keep_old_rows(cache_ptr, new_cache_ptr, b, c, channels, T, C, scb, sct, scc, WIDTH: tl.constexpr,
-                   BLOCK_W: tl.constexpr, dtype: tl.constexpr):
-    """A chunk shorter than the cache (T < WIDTH) keeps the cache's newest WIDTH - T rows in front of its own."""
-    r = tl.arange(0, BLOCK_W)
-    old = (r < WIDTH - T)[:, None] & channels[None, :]
-    kept = tl.load(cache_ptr + b * scb + (r + T)[:, None] * sct + c[None, :] * scc, mask=old, other=0.0)
-    tl.store(new_cache_ptr + b * WIDTH * C + r[:, None] * C + c[None, :], kept.to(dtype), mask=old)
-
-
-@triton.jit
-def _mixed(acc, x_self, c, channels, conv_b_ptr, gamma_ptr, ffn_norm_w_ptr, C, ffn_eps, dtype: tl.constexpr):
-    """The convolution's sum over taps `acc` and the rows x_self -> (x1, ffn_in) in dtype."""
+    if tl.program_id(1) == 0:  # a chunk shorter than the cache keeps the cache's newest rows in front
+        r = tl.arange(0, BLOCK_W)
+        old = (r < WIDTH - T)[:, None] & channels[None, :]
+        kept = tl.load(cache_ptr + b * scb + (r + T)[:, None] * sct + c[None, :] * scc, mask=old, other=0.0)
+        tl.store(new_cache_ptr + b * WIDTH * C + r[:, None] * C + c[None, :], kept.to(dtype), mask=old)
     bias = tl.load(conv_b_ptr + c, mask=channels, other=0.0).to(tl.float32)
     gamma = tl.load(gamma_ptr + c, mask=channels, other=0.0).to(tl.float32)
     mixed = (acc + bias[None, :]).to(dtype).to(tl.float32)
@@ -93,22 +88,6 @@ def _convnext_mixer_kernel(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr,
     offsets = b * T * C + t[:, None] * C + c[None, :]
     tl.store(out_ptr + offsets, x1, mask=mask)
     tl.store(ffn_in_ptr + offsets, ffn_in, mask=mask)
-
-
-@triton.jit
-def _normalized(x_ptr, cache_ptr, norm_w, b, r, rows, c, channels, C, eps, sxb, sxt, scb, sct, scc,
-                WIDTH: tl.constexpr, dtype: tl.constexpr):
-    """Rows r of [cache, rms_norm(x)] (row r < 0 is the cache's row WIDTH + r) as float32 values rounded to dtype,
-    and x's rows r (zeros for r < 0)."""
-    from_x = r >= 0
-    xr = tl.load(x_ptr + b * sxb + r[:, None] * sxt + c[None, :], mask=(rows & from_x)[:, None] & channels[None, :],
-                 other=0.0).to(tl.float32)
-    rstd = tl.rsqrt(tl.sum(xr * xr, axis=1) / C + eps)
-    h = (xr * rstd[:, None] * norm_w[None, :]).to(dtype).to(tl.float32)
-    cached = (rows & (r < 0) & (r >= -WIDTH))[:, None] & channels[None, :]
-    cr = tl.load(cache_ptr + b * scb + (r + WIDTH)[:, None] * sct + c[None, :] * scc, mask=cached,
-                 other=0.0).to(tl.float32)
-    return tl.where(from_x[:, None], h, cr), xr
 
 
 @triton.jit

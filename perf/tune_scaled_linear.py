@@ -24,8 +24,8 @@ from engine.quantize import quantize_rows
 
 # (hidden, intermediate, q heads + 2 kv heads) x head_dim 128
 SIZES = {"1.5B": (1536, 8960, 12 + 2 * 2), "7B": (3584, 18944, 28 + 2 * 4)}
-COPIES = 4  # distinct weights per replay: the smallest product's four copies exceed the 50 MiB L2 at 7B only; the
-# products are timed back to back as in a layer, so a weight is never read twice in a row
+COPIES = 4  # distinct weights per replay, timed back to back as in a layer: no product rereads the weight it read last
+# (the 1.5B's smaller products still fit in the 50 MiB L2 together, so their figures are the optimistic ones)
 FEW = [(16, n, k, w) for n, k, w in itertools.product((16, 32, 64), (128, 256, 512), (4, 8))]
 MANY = [(m, n, k, w) for m, n, k, w in itertools.product((32, 64, 128), (64, 128), (64, 128), (4, 8))]
 
