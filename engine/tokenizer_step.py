@@ -119,8 +119,9 @@ class _TransposedConv(nn.Module):
 
 class _Block(nn.Module):
     """A ConvNeXt block: x + gamma * dwconv(norm(x)), then x + ffn_gamma * ffn(ffn_norm(x)). On CUDA it runs as
-    Triton kernels (engine.triton_kernels): narrow blocks whole (`convnext_block`), wider ones up to the FFN's input
-    (`convnext_mixer`); otherwise as torch ops (`convnext_mixer` here, then the FFN's modules)."""
+    Triton kernels (engine.triton_kernels; block_kernels picks them by width and rows): narrow blocks whole
+    (`convnext_block`) or in two halves (`convnext_mixer`, `convnext_ffn`), wider ones up to the FFN's input
+    (`convnext_mixer`), then cuBLAS; otherwise as torch ops (`convnext_mixer` here, then the FFN's modules)."""
 
     def __init__(self, block: nn.Module, triton: bool | None):
         super().__init__()
@@ -128,7 +129,7 @@ class _Block(nn.Module):
         mixer = block.mixer
         if mixer.conv.dilation != (1,) or mixer.conv.stride != (1,):
             raise ValueError("ConvNeXt mixers without dilation or stride only")
-        self.whole = isinstance(block.ffn.activation, GELUActivation)  # the whole-block kernel's activation
+        self.exact_gelu = isinstance(block.ffn.activation, GELUActivation)  # the FFN kernels' activation
         self.cache_key, self.width = mixer.cache_key, mixer.left_pad
 
     def forward(self, x, cache):
@@ -137,10 +138,13 @@ class _Block(nn.Module):
         norm, ffn_norm, conv = block.norm, block.ffn_norm, block.mixer.conv
         mixer_args = (x, cache, norm.weight, norm.variance_epsilon, conv.weight, conv.bias, block.gamma,
                       ffn_norm.weight, ffn_norm.variance_epsilon)
-        if kernels and self.whole and x.shape[-1] <= kernels.BLOCK_MAX_CHANNELS:
-            return kernels.convnext_block(*mixer_args, ffn.linear1.weight, ffn.linear1.bias, ffn.linear2.weight,
-                                          ffn.linear2.bias, block.ffn_gamma)
+        ffn_args = (ffn.linear1.weight, ffn.linear1.bias, ffn.linear2.weight, ffn.linear2.bias, block.ffn_gamma)
+        path = kernels.block_kernels(x.shape[-1], x.shape[0] * x.shape[1]) if kernels and self.exact_gelu else "mixer"
+        if path == "block":
+            return kernels.convnext_block(*mixer_args, *ffn_args)
         x, ffn_in, new = (kernels.convnext_mixer if kernels else convnext_mixer)(*mixer_args)
+        if path == "mixer+ffn":
+            return kernels.convnext_ffn(x, ffn_in, *ffn_args), new
         return torch.addcmul(x, ffn.linear2(ffn.activation(ffn.linear1(ffn_in))), block.ffn_gamma), new
 
 

@@ -10,6 +10,8 @@ x1 + ffn_gamma * linear2(gelu(linear1(rms_norm(x1)))), the depthwise convolution
 - convnext_block: the whole block in one pass, for narrow blocks (at most BLOCK_MAX_CHANNELS channels): the FFN's
   4x-wide hidden rows stay on chip, where PyTorch writes and reads them three times. These are the blocks with many
   rows (up to 3200 per stream and frame), which dominate the tokenizers' bytes at many streams.
+- convnext_ffn: the second half in one pass (the hidden rows on chip again), after convnext_mixer: on many rows its
+  larger row tiles beat convnext_block's, whose mixer needs small ones. block_kernels says which path a block takes.
 Roundings follow PyTorch's: h, the convolution's output, x1, ffn_in, the products' and the GELU's outputs are each
 rounded to x's dtype; products accumulate in float32 (float32 tensors: IEEE float32 products, not TF32).
 """
@@ -21,11 +23,19 @@ import torch
 import triton
 import triton.language as tl
 
-TILE_ELEMENTS = 4096  # rows x channels per program (convnext_mixer)
-# convnext_block's launch by block width (at most): rows per program, FFN hidden units per inner step, warps.
-# Chosen on an H200 with perf/tune_block_kernel.py
+# Launches by block width (the entry for the least width >= the block's, the widest past them all), chosen on an
+# H200 with perf/tune_block_kernel.py at 1 to 64 streams:
+# convnext_mixer's: rows per program, warps (about 2048 elements per program)
+MIXER_LAUNCH = {32: (16, 4), 64: (32, 4), 128: (16, 4), 256: (4, 4), 512: (4, 4), 1024: (2, 4), 2048: (1, 8)}
+# convnext_block's: rows per program, FFN hidden units per inner step, warps
 BLOCK_LAUNCH = {32: (16, 64, 4), 64: (16, 64, 4), 128: (16, 64, 8)}
 BLOCK_MAX_CHANNELS = max(BLOCK_LAUNCH)  # wider blocks have few rows and megabytes of FFN weights: cuBLAS runs them
+# convnext_ffn's: rows per program, hidden units per inner step, warps, pipeline stages. Blocks run it only where it
+# beats both convnext_block and cuBLAS: widths above SPLIT_ABOVE_CHANNELS over at least SPLIT_ROWS rows (the decoder's
+# 128-channel blocks at 16 streams and more; at 32 and 64 channels it only ties with convnext_block)
+FFN_LAUNCH = {128: (64, 32, 4, 3)}
+FFN_MAX_CHANNELS = max(FFN_LAUNCH)
+SPLIT_ABOVE_CHANNELS, SPLIT_ROWS = 64, 8192
 # Triton's interpreter (the CPU tests) miscomputes products of bf16 operands: there they are float32 (exact too)
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -91,23 +101,15 @@ def _convnext_mixer_kernel(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr,
 
 
 @triton.jit
-def _convnext_block_kernel(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr, gamma_ptr, ffn_norm_w_ptr,
-                           w1_ptr, b1_ptr, w2_ptr, b2_ptr, ffn_gamma_ptr, out_ptr, new_cache_ptr,
-                           T, C, HIDDEN, eps, ffn_eps, sxb, sxt, scb, sct, scc,
-                           WIDTH: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
-                           BLOCK_H: tl.constexpr, DOT_FP32: tl.constexpr):
-    b = tl.program_id(0)
-    t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
-    c = tl.arange(0, BLOCK_C)
-    channels = c < C
-    dtype = out_ptr.dtype.element_ty
+def _ffn(ffn_in, c, channels, w1_ptr, b1_ptr, w2_ptr, b2_ptr, C, HIDDEN,
+         BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, DOT_FP32: tl.constexpr):
+    """linear2(gelu(linear1(ffn_in))) for a [BLOCK_T, BLOCK_C] tile in the output's dtype, float32 (unrounded) out,
+    BLOCK_H hidden units at a time: the 4x-wide hidden rows never leave the chip."""
+    dtype = ffn_in.dtype
     operand = tl.float32 if DOT_FP32 else dtype
-    x1, ffn_in = _mix(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr, gamma_ptr, ffn_norm_w_ptr,
-                      new_cache_ptr, b, t, c, T, C, eps, ffn_eps, sxb, sxt, scb, sct, scc, WIDTH, BLOCK_W,
-                      BLOCK_T, BLOCK_C)
     ffn_in = ffn_in.to(operand)
     ffn = tl.zeros((BLOCK_T, BLOCK_C), dtype=tl.float32)
-    for start in range(0, HIDDEN, BLOCK_H):  # linear1 -> GELU -> linear2, BLOCK_H hidden units at a time
+    for start in range(0, HIDDEN, BLOCK_H):
         j = start + tl.arange(0, BLOCK_H)
         units = j < HIDDEN
         w1 = tl.load(w1_ptr + j[:, None] * C + c[None, :], mask=units[:, None] & channels[None, :], other=0.0)
@@ -117,50 +119,113 @@ def _convnext_block_kernel(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr,
         hidden = (0.5 * hidden * (1.0 + tl.erf(hidden * 0.7071067811865476))).to(dtype)  # exact GELU
         w2 = tl.load(w2_ptr + c[:, None] * HIDDEN + j[None, :], mask=channels[:, None] & units[None, :], other=0.0)
         ffn += tl.dot(hidden.to(operand), tl.trans(w2.to(operand)), input_precision="ieee" if DOT_FP32 else None)
-    b2 = tl.load(b2_ptr + c, mask=channels, other=0.0).to(tl.float32)
+    return ffn + tl.load(b2_ptr + c, mask=channels, other=0.0).to(tl.float32)[None, :]
+
+
+@triton.jit
+def _ffn_residual(x1, y, c, channels, ffn_gamma_ptr):
+    """x1 + ffn_gamma * y, y (the FFN's float32 output) rounded to x1's dtype first, as PyTorch's addcmul sees it."""
     ffn_gamma = tl.load(ffn_gamma_ptr + c, mask=channels, other=0.0).to(tl.float32)
-    y = (ffn + b2[None, :]).to(dtype).to(tl.float32)
-    out = (x1.to(tl.float32) + y * ffn_gamma[None, :]).to(dtype)
+    return (x1.to(tl.float32) + y.to(x1.dtype).to(tl.float32) * ffn_gamma[None, :]).to(x1.dtype)
+
+
+@triton.jit
+def _convnext_block_kernel(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr, gamma_ptr, ffn_norm_w_ptr,
+                           w1_ptr, b1_ptr, w2_ptr, b2_ptr, ffn_gamma_ptr, out_ptr, new_cache_ptr,
+                           T, C, HIDDEN, eps, ffn_eps, sxb, sxt, scb, sct, scc,
+                           WIDTH: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+                           BLOCK_H: tl.constexpr, DOT_FP32: tl.constexpr):
+    b = tl.program_id(0)
+    t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    c = tl.arange(0, BLOCK_C)
+    channels = c < C
+    x1, ffn_in = _mix(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr, gamma_ptr, ffn_norm_w_ptr,
+                      new_cache_ptr, b, t, c, T, C, eps, ffn_eps, sxb, sxt, scb, sct, scc, WIDTH, BLOCK_W,
+                      BLOCK_T, BLOCK_C)
+    y = _ffn(ffn_in, c, channels, w1_ptr, b1_ptr, w2_ptr, b2_ptr, C, HIDDEN, BLOCK_T, BLOCK_C, BLOCK_H, DOT_FP32)
+    out = _ffn_residual(x1, y, c, channels, ffn_gamma_ptr)
     tl.store(out_ptr + b * T * C + t[:, None] * C + c[None, :], out, mask=(t < T)[:, None] & channels[None, :])
 
 
-def _prepare(x, cache, rows: int = 0, min_block: int = 1):
+@triton.jit
+def _convnext_ffn_kernel(x1_ptr, ffn_in_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, ffn_gamma_ptr, out_ptr, R, C, HIDDEN,
+                         BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr,
+                         DOT_FP32: tl.constexpr):
+    r = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    c = tl.arange(0, BLOCK_C)
+    channels = c < C
+    mask = (r < R)[:, None] & channels[None, :]
+    offsets = r[:, None] * C + c[None, :]
+    ffn_in = tl.load(ffn_in_ptr + offsets, mask=mask, other=0.0)
+    y = _ffn(ffn_in, c, channels, w1_ptr, b1_ptr, w2_ptr, b2_ptr, C, HIDDEN, BLOCK_T, BLOCK_C, BLOCK_H, DOT_FP32)
+    x1 = tl.load(x1_ptr + offsets, mask=mask, other=0.0)
+    tl.store(out_ptr + offsets, _ffn_residual(x1, y, c, channels, ffn_gamma_ptr), mask=mask)
+
+
+def _prepare(x, cache, rows: int, min_block: int = 1):
     """(x with contiguous rows, the new cache's buffer, BLOCK_T, BLOCK_C, grid, cache-side launch arguments), with at
-    most `rows` rows per program (0: TILE_ELEMENTS in all) and blocks of at least `min_block`."""
+    most `rows` rows per program and blocks of at least `min_block`."""
     batch, frames, channels = x.shape
     width = cache.shape[1]
     x = x if x.stride(-1) == 1 and x.stride(1) == channels else x.contiguous()
     new_cache = torch.empty(batch, width, channels, dtype=x.dtype, device=x.device)
     block_c = max(min_block, triton.next_power_of_2(channels))
-    block_t = max(min_block, min(triton.next_power_of_2(frames), rows or TILE_ELEMENTS // block_c))
+    block_t = max(min_block, min(triton.next_power_of_2(frames), rows))
     grid = (batch, triton.cdiv(frames, block_t))
     strides = (x.stride(0), x.stride(1), *cache.stride())
     return x, new_cache, block_t, block_c, grid, strides
 
 
-def convnext_mixer(x, cache, norm_weight, eps, conv_weight, conv_bias, gamma, ffn_norm_weight, ffn_eps):
+def convnext_mixer(x, cache, norm_weight, eps, conv_weight, conv_bias, gamma, ffn_norm_weight, ffn_eps, *,
+                   launch: tuple[int, int] | None = None):
     """x [B, T, C] (channels contiguous), cache [B, W, C] (any strides), conv_weight [C, 1, W + 1] ->
-    (x1 [B, T, C], ffn_in [B, T, C], new cache [B, W, C]); see the module's docstring."""
-    x, new_cache, block_t, block_c, grid, strides = _prepare(x, cache)
+    (x1 [B, T, C], ffn_in [B, T, C], new cache [B, W, C]); see the module's docstring. `launch` (rows per program,
+    warps) overrides MIXER_LAUNCH's (perf/tune_block_kernel.py)."""
+    rows, warps = launch or launch_for(MIXER_LAUNCH, x.shape[-1])
+    x, new_cache, block_t, block_c, grid, strides = _prepare(x, cache, rows)
     out, ffn_in = torch.empty_like(x), torch.empty_like(x)
     width = cache.shape[1]
     _convnext_mixer_kernel[grid](x, cache, norm_weight, conv_weight, conv_bias, gamma, ffn_norm_weight,
                                  out, ffn_in, new_cache, x.shape[1], x.shape[2], eps, ffn_eps, *strides,
                                  WIDTH=width, BLOCK_W=triton.next_power_of_2(width), BLOCK_T=block_t,
-                                 BLOCK_C=block_c)
+                                 BLOCK_C=block_c, num_warps=warps)
     return out, ffn_in, new_cache
+
+
+def convnext_ffn(x1, ffn_in, linear1_weight, linear1_bias, linear2_weight, linear2_bias, ffn_gamma, *,
+                 launch: tuple[int, int, int, int] | None = None):
+    """A ConvNeXt block's second half in one kernel: x1 + ffn_gamma * linear2(gelu(linear1(ffn_in))) for x1, ffn_in
+    [..., C] (convnext_mixer's outputs), linear1 [H, C], linear2 [C, H]; at most FFN_MAX_CHANNELS channels (the
+    whole output row stays in registers). `launch` (rows per program, hidden units per inner step, warps, pipeline
+    stages) overrides FFN_LAUNCH's (perf/tune_block_kernel.py)."""
+    channels = x1.shape[-1]
+    if channels > FFN_MAX_CHANNELS:
+        raise ValueError(f"convnext_ffn takes at most {FFN_MAX_CHANNELS} channels, not {channels}")
+    rows_per_program, hidden_tile, warps, stages = launch or launch_for(FFN_LAUNCH, channels)
+    if x1.dtype == torch.float32:  # float32 operands take twice the shared memory
+        hidden_tile = min(hidden_tile, 32)
+    flat_x1, flat_in = (t.reshape(-1, channels).contiguous() for t in (x1, ffn_in))
+    rows, hidden = flat_x1.shape[0], linear1_weight.shape[0]
+    block_t = max(16, min(triton.next_power_of_2(rows), rows_per_program))  # tl.dot's least: 16
+    out = torch.empty_like(flat_x1)
+    _convnext_ffn_kernel[(triton.cdiv(rows, block_t),)](
+        flat_x1, flat_in, linear1_weight, linear1_bias, linear2_weight, linear2_bias, ffn_gamma, out, rows, channels,
+        hidden, BLOCK_T=block_t, BLOCK_C=max(16, triton.next_power_of_2(channels)),
+        BLOCK_H=min(hidden_tile, triton.next_power_of_2(hidden)), DOT_FP32=x1.dtype == torch.float32 or INTERPRETED,
+        num_warps=warps, num_stages=stages)
+    return out.view(x1.shape)
 
 
 def convnext_block(x, cache, norm_weight, eps, conv_weight, conv_bias, gamma, ffn_norm_weight, ffn_eps,
                    linear1_weight, linear1_bias, linear2_weight, linear2_bias, ffn_gamma, *,
-                   launch: tuple[int, int, int] | None = None):
+                   launch: tuple[int, int] | None = None):
     """The whole block: as convnext_mixer, with linear1 [4C, C], linear2 [C, 4C] (nn.Linear's layout) ->
     (out [B, T, C], new cache [B, W, C]). For at most BLOCK_MAX_CHANNELS channels. `launch` (rows per program,
-    hidden units per inner step, warps) overrides block_launch's (perf/tune_block_kernel.py)."""
+    hidden units per inner step, warps) overrides BLOCK_LAUNCH's (perf/tune_block_kernel.py)."""
     channels = x.shape[-1]
     if channels > BLOCK_MAX_CHANNELS:
         raise ValueError(f"convnext_block takes at most {BLOCK_MAX_CHANNELS} channels, not {channels}")
-    rows, hidden_tile, warps = launch or block_launch(channels)
+    rows, hidden_tile, warps = launch or launch_for(BLOCK_LAUNCH, channels)
     if x.dtype == torch.float32:  # float32 operands take twice the shared memory
         hidden_tile = min(hidden_tile, 32)
     x, new_cache, block_t, block_c, grid, strides = _prepare(x, cache, rows, min_block=16)  # tl.dot's least: 16
@@ -175,9 +240,17 @@ def convnext_block(x, cache, norm_weight, eps, conv_weight, conv_bias, gamma, ff
     return out, new_cache
 
 
-def block_launch(channels: int) -> tuple[int, int, int]:
-    """convnext_block's launch for blocks of `channels`: BLOCK_LAUNCH's entry for the least width >= channels."""
-    return BLOCK_LAUNCH[min(width for width in BLOCK_LAUNCH if width >= channels)]
+def launch_for(launches: dict[int, tuple], channels: int) -> tuple:
+    """A launch table's entry for blocks of `channels`: the least width >= channels, else the widest."""
+    return launches[min((width for width in launches if width >= channels), default=max(launches))]
+
+
+def block_kernels(channels: int, rows: int) -> str:
+    """Which kernels run a ConvNeXt block (exact GELU) of `channels` over `rows` rows (batch x time): "block"
+    (convnext_block), "mixer+ffn" (convnext_mixer, convnext_ffn) or "mixer" (convnext_mixer, then cuBLAS)."""
+    if channels > BLOCK_MAX_CHANNELS:
+        return "mixer"
+    return "mixer+ffn" if channels > SPLIT_ABOVE_CHANNELS and rows >= SPLIT_ROWS else "block"
 
 
 # --- the diffusion solve's per-step glue (engine.network.DiffusionSolver; its torch twins are engine.network's

@@ -1,12 +1,15 @@
-"""The tokenizers' narrow ConvNeXt blocks on the GPU: engine.triton_kernels.convnext_block's launch configurations
-against the path wider blocks take (the mixer kernel, then cuBLAS products, GELU and the residual).
+"""The tokenizers' ConvNeXt blocks on the GPU: launch configurations of engine.triton_kernels' block kernels
+against the path cuBLAS takes (the mixer kernel, then cuBLAS products, GELU and the residual).
 
-    python perf/tune_block_kernel.py [--slots 1 64]
+    python perf/tune_block_kernel.py [--slots 1 64] [--stages 32x3200 128x800]
 
-For each narrow stage of VibeVoice's decoder (channels x rows per stream and frame: 32 x 3200, 64 x 1600, 128 x 800),
-bf16, random weights: microseconds per block (CUDA graph replays over blocks on distinct inputs, as many as fill
-more than the L2 cache, so that no block finds its input there), every configuration and the best, to set
-engine.triton_kernels.BLOCK_LAUNCH. Configurations that need more shared memory than the GPU has are skipped.
+For the blocks of VibeVoice's decoder stages (channels x rows per stream and frame: 32x3200, 64x1600, 128x800,
+256x200, 512x40, 1024x8, 2048x1), bf16, random weights: microseconds per block (CUDA graph replays over blocks on distinct
+inputs, as many as fill more than the L2 cache, so that no block finds its input there) of
+  - convnext_mixer then convnext_ffn: every launch of each (the FFN timed on the best mixer's outputs), the best;
+  - convnext_block (the whole block in one kernel) as configured, for the widths it takes;
+to set engine.triton_kernels' MIXER_LAUNCH, FFN_LAUNCH and the choice between the two paths. Launches that need
+more shared memory or registers than the GPU has are skipped.
 """
 from __future__ import annotations
 
@@ -21,18 +24,24 @@ from triton.runtime.errors import OutOfResources
 
 from engine import triton_kernels
 
-STAGES = [(32, 3200), (64, 1600), (128, 800)]
+STAGES = ["32x3200", "64x1600", "128x800", "256x200", "512x40", "1024x8", "2048x1"]
 WIDTH = 6
 L2_BYTES = 64 << 20  # above the H200's 50 MiB
 MOST_COPIES = 16
+# the launches worth timing (a sweep of rows 16-128, hidden tiles 32-128, 4 or 8 warps and 2 or 3 stages on an H200
+# found the rest slower at every width: perf/results/2026-11-25_tune_block_kernel_split.txt)
+MIXER_LAUNCHES = [(1, 4), (1, 8), (2, 4), (2, 8), (4, 4), (4, 8), (8, 4), (8, 8), (16, 4), (16, 8), (32, 4), (32, 8)]
+FFN_LAUNCHES = [(64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 4, 2), (128, 32, 8, 3), (128, 64, 8, 2), (32, 64, 8, 2)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slots", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--stages", nargs="+", default=STAGES, help="channels x rows per stream, e.g. 128x800")
     args = parser.parse_args()
     dt, dev = torch.bfloat16, "cuda"
-    for slots, (channels, frames) in itertools.product(args.slots, STAGES):
+    stages = [tuple(int(n) for n in stage.split("x")) for stage in args.stages]
+    for slots, (channels, frames) in itertools.product(args.slots, stages):
         def rand(*shape, scale=1.0):
             return (torch.randn(*shape, device=dev) * scale).to(dt)
 
@@ -50,27 +59,42 @@ def main() -> None:
             hidden = F.gelu(F.linear(ffn_in, ffn[0], ffn[1]))
             return torch.addcmul(x1, F.linear(hidden, ffn[2], ffn[3]), ffn[4]), new
 
-        def per_block_us(block):
-            return replay_ms(lambda: [block(x) for x in xs]) * 1000 / copies
+        def per_block_us(block, inputs):
+            return replay_ms(lambda: [block(*args) for args in inputs]) * 1000 / copies
 
-        baseline = per_block_us(unfused)
+        def sweep(launches, block, inputs):
+            timings = {}
+            for launch in launches:
+                try:
+                    timings[launch] = per_block_us(lambda *args: block(*args, launch=launch), inputs)
+                except OutOfResources:
+                    continue
+            return min(timings, key=timings.get), timings
+
         expected = unfused(x)[0].float()
-        timings = {}
-        for launch in itertools.product((16, 32, 64, 128), (32, 64, 128), (4, 8)):
-            def fused(x):
-                return triton_kernels.convnext_block(x, cache, *mixer, *ffn, launch=launch)
-            try:
-                error = float((fused(x)[0].float() - expected).abs().max() / expected.abs().max())
-            except OutOfResources:
-                continue
-            timings[launch] = (per_block_us(fused), error)
-        configured = per_block_us(lambda x: triton_kernels.convnext_block(x, cache, *mixer, *ffn))
-        best = min(timings, key=lambda key: timings[key][0])
-        print(f"slots {slots}, {channels} channels x {frames} rows ({copies} inputs): mixer + cuBLAS {baseline:.1f} us; "
-              f"convnext_block as configured {configured:.1f} us; best {timings[best][0]:.1f} us at (rows, hidden "
-              f"tile, warps) = {best}, error {timings[best][1]:.1e}; worst error "
-              f"{max(error for _, error in timings.values()):.1e}", flush=True)
-        print("    " + "  ".join(f"{key}:{us:.0f}" for key, (us, _) in sorted(timings.items())), flush=True)
+        baseline = per_block_us(unfused, [(x,) for x in xs])
+        best_mixer, mixer_us = sweep(MIXER_LAUNCHES, lambda x, launch: triton_kernels.convnext_mixer(
+            x, cache, *mixer, launch=launch), [(x,) for x in xs])
+        halves = [triton_kernels.convnext_mixer(x, cache, *mixer, launch=best_mixer)[:2] for x in xs]
+        if channels > triton_kernels.FFN_MAX_CHANNELS:
+            print(f"slots {slots}, {channels} channels x {frames} rows ({copies} inputs): mixer + cuBLAS "
+                  f"{baseline:.1f} us; mixer {mixer_us[best_mixer]:.1f} us at (rows, warps) = {best_mixer}", flush=True)
+            print("    mixer: " + "  ".join(f"{key}:{us:.0f}" for key, us in sorted(mixer_us.items())), flush=True)
+            continue
+        best_ffn, ffn_us = sweep(FFN_LAUNCHES, lambda x1, ffn_in, launch: triton_kernels.convnext_ffn(
+            x1, ffn_in, *ffn, launch=launch), halves)
+        x1, ffn_in, _ = triton_kernels.convnext_mixer(x, cache, *mixer, launch=best_mixer)
+        out = triton_kernels.convnext_ffn(x1, ffn_in, *ffn, launch=best_ffn).float()
+        error = float((out - expected).abs().max() / expected.abs().max())
+        line = (f"slots {slots}, {channels} channels x {frames} rows ({copies} inputs): mixer + cuBLAS {baseline:.1f} us;"
+                f" mixer {mixer_us[best_mixer]:.1f} us at (rows, warps) = {best_mixer} + ffn {ffn_us[best_ffn]:.1f} us"
+                f" at (rows, hidden tile, warps, stages) = {best_ffn}, error {error:.1e}")
+        if channels <= triton_kernels.BLOCK_MAX_CHANNELS:
+            whole = per_block_us(lambda x: triton_kernels.convnext_block(x, cache, *mixer, *ffn), [(x,) for x in xs])
+            line += f"; convnext_block as configured {whole:.1f} us"
+        print(line, flush=True)
+        for name, timings in (("mixer", mixer_us), ("ffn", ffn_us)):
+            print(f"    {name}: " + "  ".join(f"{key}:{us:.0f}" for key, us in sorted(timings.items())), flush=True)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,41 @@ def test_convnext_block_equals_the_torch_ops(kernels, frames, channels, hidden, 
         torch.testing.assert_close(mine, theirs, rtol=0, atol=tolerance, msg=name)
 
 
+@pytest.mark.parametrize("rows, channels, hidden", [(1, 48, 192), (7, 12, 48), (130, 32, 128), (40, 100, 400)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("launch", [None, (32, 32, 2, 1)])
+def test_convnext_ffn_equals_the_torch_ops(kernels, rows, channels, hidden, dtype, launch):
+    """The block's second half against the FFN's torch ops: rows and channels below tl.dot's 16, rows beyond one
+    program's, hidden widths that are not a multiple of the hidden tile, inputs with leading batch dimensions."""
+    generator = torch.Generator().manual_seed(rows + channels)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=generator) * scale).to(dtype)
+
+    x1, ffn_in = rand(1, rows, channels, scale=3.0), rand(1, rows, channels)
+    ffn = (rand(hidden, channels, scale=channels ** -0.5), rand(hidden), rand(channels, hidden, scale=hidden ** -0.5),
+           rand(channels), rand(channels))
+    out = kernels.convnext_ffn(x1, ffn_in, *ffn, launch=launch)
+    expected = torch.addcmul(x1, F.linear(F.gelu(F.linear(ffn_in, ffn[0], ffn[1])), ffn[2], ffn[3]), ffn[4])
+    assert out.shape == expected.shape and out.dtype == dtype
+    tolerance = {torch.float32: 1e-5, torch.bfloat16: 3e-2}[dtype] * float(expected.abs().max())
+    torch.testing.assert_close(out, expected, rtol=0, atol=tolerance)
+
+
+def test_convnext_ffn_refuses_wide_blocks(kernels):
+    channels = kernels.FFN_MAX_CHANNELS + 1
+    x = torch.zeros(1, 2, channels)
+    with pytest.raises(ValueError, match=f"at most {kernels.FFN_MAX_CHANNELS} channels"):
+        kernels.convnext_ffn(x, x, *([None] * 5))
+
+
+@pytest.mark.parametrize("channels, rows, path", [(32, 204800, "block"), (128, 800, "block"), (128, 12800, "mixer+ffn"),
+                                                  (256, 12800, "mixer"), (2048, 1, "mixer")])
+def test_blocks_take_the_measured_kernels(kernels, channels, rows, path):
+    """The split path only for blocks wider than 64 channels over many rows (16 streams on), where it was faster."""
+    assert kernels.block_kernels(channels, rows) == path
+
+
 def test_convnext_block_refuses_wide_blocks(kernels):
     channels = kernels.BLOCK_MAX_CHANNELS + 1
     x, cache = torch.zeros(1, 2, channels), torch.zeros(1, 6, channels)
