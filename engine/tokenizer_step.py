@@ -5,7 +5,8 @@ but computed channels-last ([batch, time, channels]), the layout in which the Co
 need no transposes:
   - a block is ten kernels (fused RMSNorm, cache concatenation, depthwise convolution, residuals as addcmul) where
     the modules' channels-first code launches about thirty;
-  - dense and strided convolutions are one product over the unfolded windows (the weights reshaped once);
+  - dense and strided convolutions are one product (the weights reshaped once), over the input's windows, or first,
+    where the output is narrow, with a shifted sum after it;
   - a transposed convolution whose kernel is twice its stride is one product and one overlap-add: each output
     sample then depends on two input frames, so of its cache only the last frame is read.
 A captured frame is bound by its kernel count, and at many streams by the transposes this layout removes.
@@ -64,7 +65,11 @@ def _with_past(cache: torch.Tensor | None, x: torch.Tensor, width: int) -> tuple
 
 
 class _Conv(nn.Module):
-    """A causal convolution (any stride, no groups) as one product over its unfolded input windows."""
+    """A causal convolution (any stride, no groups) as one product. Where each input row feeds fewer values than it
+    holds (kernel x out channels <= in channels: the decoder's 32-to-1 head) the product comes first, z = input @ W
+    (each row's terms for the `kernel` outputs it feeds), then out[t] = sum_k z[t * stride + k, k]: a small
+    reduction over a strided view of z. Otherwise the product runs over the input's windows, each `kernel`
+    consecutive rows, which lie contiguous in memory (the copy that gathers them moves whole rows)."""
 
     def __init__(self, causal: nn.Module):
         super().__init__()
@@ -73,22 +78,36 @@ class _Conv(nn.Module):
             raise ValueError("dense causal convolutions without dilation only")
         self.cache_key, self.width = causal.cache_key, causal.left_pad
         self.kernel, self.stride = conv.kernel_size[0], conv.stride[0]
-        out_channels = conv.out_channels
-        self.register_buffer("weight", conv.weight.detach().reshape(out_channels, -1).t(), persistent=False)
-        self.register_buffer("bias", conv.bias.detach(), persistent=False)
+        self.out_channels, in_channels = conv.out_channels, conv.in_channels
+        self.product_first = self.out_channels * self.kernel <= in_channels
+        weight, bias = conv.weight.detach(), conv.bias.detach()  # [C_out, C_in, kernel]
+        if self.product_first:  # [C_in, (kernel, C_out)]; the bias once per output: with tap 0's terms
+            weight = weight.permute(1, 2, 0).reshape(in_channels, -1)
+            bias = torch.cat([bias, bias.new_zeros((self.kernel - 1) * self.out_channels)])
+        else:  # [(kernel, C_in), C_out]: a window's rows in order
+            weight = weight.permute(2, 1, 0).reshape(-1, self.out_channels)
+        self.register_buffer("weight", weight, persistent=False)
+        self.register_buffer("bias", bias, persistent=False)
 
     def forward(self, x, cache):
         padded, new = _with_past(cache, x, self.width)
-        batch = padded.shape[0]
-        windows = padded.unfold(1, self.kernel, self.stride)  # [B, T', C_in, kernel]
-        frames = windows.shape[1]
+        batch, rows, channels = padded.shape
+        frames = (rows - self.kernel) // self.stride + 1
+        if self.product_first:
+            z = torch.addmm(self.bias, padded.reshape(batch * rows, channels), self.weight)
+            terms = self.kernel * self.out_channels
+            taps = z.as_strided((batch, frames, self.kernel, self.out_channels),
+                                (rows * terms, self.stride * terms, terms + self.out_channels, 1))
+            return taps.sum(2), new
+        windows = padded.reshape(batch, rows * channels).unfold(1, self.kernel * channels, self.stride * channels)
         out = torch.addmm(self.bias, windows.reshape(batch * frames, -1), self.weight)
         return out.view(batch, frames, -1), new
 
 
 class _TransposedConv(nn.Module):
     """A causal transposed convolution with kernel = 2 x stride: out[t*s + r] = z[t, r] + z[t-1, s + r] + bias for
-    z = input @ W (each input frame's 2s output samples), so one product and one overlap-add."""
+    z = input @ W (each input frame's 2s output samples), so one product and one overlap-add; of the cache only its
+    last frame is read."""
 
     def __init__(self, causal: nn.Module):
         super().__init__()
@@ -108,12 +127,13 @@ class _TransposedConv(nn.Module):
         self.out_channels = out_channels
 
     def forward(self, x, cache):
-        padded, new = _with_past(cache, x, self.width)
-        batch, frames = x.shape[0], x.shape[1]
-        inputs = padded[:, padded.shape[1] - frames - 1:]  # the current frames and the one before them
-        z = torch.addmm(self.bias, inputs.reshape(batch * (frames + 1), -1), self.weight)
+        batch, frames, channels = x.shape
+        inputs = torch.cat([cache[:, -1:], x], dim=1)  # the current frames and the one before them, contiguous
+        z = torch.addmm(self.bias, inputs.view(batch * (frames + 1), channels), self.weight)
         z = z.view(batch, frames + 1, 2, self.stride, self.out_channels)
         out = z[:, 1:, 0] + z[:, :-1, 1]  # [B, T, s, C_out]
+        # the new cache: the last `width` rows of [cache, x], a view of x once x has that many
+        new = x[:, frames - self.width:] if frames >= self.width else torch.cat([cache[:, frames:], x], dim=1)
         return out.reshape(batch, frames * self.stride, self.out_channels), new
 
 

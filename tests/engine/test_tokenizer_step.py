@@ -1,12 +1,15 @@
 """The channels-last tokenizer step against transformers' modules (through StreamingConvStep), chunk after chunk
 with the caches carried, for the acoustic decoder and the semantic encoder."""
+from types import SimpleNamespace
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from engine.checkpoint import load_checkpoint
 from engine.config import HOP_SAMPLES
 from engine.network import StreamingConvStep
-from engine.tokenizer_step import TokenizerStep
+from engine.tokenizer_step import TokenizerStep, _Conv
 
 
 @pytest.fixture(scope="module")
@@ -40,3 +43,25 @@ def test_streamed_chunks_equal_the_modules_with_the_same_caches(inner, half, ops
             torch.testing.assert_close(result, expected, rtol=0, atol=1e-5 * scale)
             for mine, theirs in zip(our_caches, reference_caches, strict=True):
                 torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-5 * max(float(theirs.abs().max()), 1e-6))
+
+
+@pytest.mark.parametrize("in_channels, out_channels, kernel, stride", [(32, 1, 7, 1), (64, 3, 7, 1), (8, 16, 4, 2),
+                                                                       (6, 12, 10, 5), (16, 8, 7, 1)])
+def test_a_causal_convolution_is_the_convolution_over_its_cache_and_input(in_channels, out_channels, kernel, stride):
+    """Both forms of _Conv (the product first where kernel x out channels <= in channels, as for the 1.5B decoder's
+    head, which the tiny checkpoint lacks; over the windows otherwise) against conv1d over [cache, x]."""
+    generator = torch.Generator().manual_seed(in_channels + kernel)
+    conv = torch.nn.Conv1d(in_channels, out_channels, kernel, stride)
+    with torch.no_grad():
+        for parameter in conv.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator))
+    width = kernel - stride
+    op = _Conv(SimpleNamespace(conv=conv, cache_key="c", left_pad=width))
+    assert op.product_first == (out_channels * kernel <= in_channels)
+    x = torch.randn(2, 5 * stride, in_channels, generator=generator)
+    cache = torch.randn(2, in_channels, width, generator=generator).transpose(1, 2)  # as the engine holds it
+    out, new = op(x, cache)
+    padded = torch.cat([cache, x], dim=1)
+    expected = conv(padded.transpose(1, 2)).transpose(1, 2)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(new, padded[:, -width:])
