@@ -218,7 +218,7 @@ def convnext_ffn(x1, ffn_in, linear1_weight, linear1_bias, linear2_weight, linea
 
 def convnext_block(x, cache, norm_weight, eps, conv_weight, conv_bias, gamma, ffn_norm_weight, ffn_eps,
                    linear1_weight, linear1_bias, linear2_weight, linear2_bias, ffn_gamma, *,
-                   launch: tuple[int, int] | None = None):
+                   launch: tuple[int, int, int] | None = None):
     """The whole block: as convnext_mixer, with linear1 [4C, C], linear2 [C, 4C] (nn.Linear's layout) ->
     (out [B, T, C], new cache [B, W, C]). For at most BLOCK_MAX_CHANNELS channels. `launch` (rows per program,
     hidden units per inner step, warps) overrides BLOCK_LAUNCH's (perf/tune_block_kernel.py)."""

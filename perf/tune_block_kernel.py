@@ -4,8 +4,8 @@ against the path cuBLAS takes (the mixer kernel, then cuBLAS products, GELU and 
     python perf/tune_block_kernel.py [--slots 1 64] [--stages 32x3200 128x800]
 
 For the blocks of VibeVoice's decoder stages (channels x rows per stream and frame: 32x3200, 64x1600, 128x800,
-256x200, 512x40, 1024x8, 2048x1), bf16, random weights: microseconds per block (CUDA graph replays over blocks on distinct
-inputs, as many as fill more than the L2 cache, so that no block finds its input there) of
+256x200, 512x40, 1024x8, 2048x1), bf16, random weights: microseconds per block (CUDA graph replays over blocks on
+distinct inputs, as many as fill more than the L2 cache, so that no block finds its input there) of
   - convnext_mixer then convnext_ffn: every launch of each (the FFN timed on the best mixer's outputs), the best;
   - convnext_block (the whole block in one kernel) as configured, for the widths it takes;
 to set engine.triton_kernels' MIXER_LAUNCH, FFN_LAUNCH and the choice between the two paths. Launches that need
@@ -75,27 +75,25 @@ def main() -> None:
         baseline = per_block_us(unfused, [(x,) for x in xs])
         best_mixer, mixer_us = sweep(MIXER_LAUNCHES, lambda x, launch: triton_kernels.convnext_mixer(
             x, cache, *mixer, launch=launch), [(x,) for x in xs])
-        halves = [triton_kernels.convnext_mixer(x, cache, *mixer, launch=best_mixer)[:2] for x in xs]
-        if channels > triton_kernels.FFN_MAX_CHANNELS:
-            print(f"slots {slots}, {channels} channels x {frames} rows ({copies} inputs): mixer + cuBLAS "
-                  f"{baseline:.1f} us; mixer {mixer_us[best_mixer]:.1f} us at (rows, warps) = {best_mixer}", flush=True)
-            print("    mixer: " + "  ".join(f"{key}:{us:.0f}" for key, us in sorted(mixer_us.items())), flush=True)
-            continue
-        best_ffn, ffn_us = sweep(FFN_LAUNCHES, lambda x1, ffn_in, launch: triton_kernels.convnext_ffn(
-            x1, ffn_in, *ffn, launch=launch), halves)
-        x1, ffn_in, _ = triton_kernels.convnext_mixer(x, cache, *mixer, launch=best_mixer)
-        out = triton_kernels.convnext_ffn(x1, ffn_in, *ffn, launch=best_ffn).float()
-        error = float((out - expected).abs().max() / expected.abs().max())
-        line = (f"slots {slots}, {channels} channels x {frames} rows ({copies} inputs): mixer + cuBLAS {baseline:.1f} us;"
-                f" mixer {mixer_us[best_mixer]:.1f} us at (rows, warps) = {best_mixer} + ffn {ffn_us[best_ffn]:.1f} us"
-                f" at (rows, hidden tile, warps, stages) = {best_ffn}, error {error:.1e}")
+        line = (f"slots {slots}, {channels} channels x {frames} rows ({copies} inputs): mixer + cuBLAS "
+                f"{baseline:.1f} us; mixer {mixer_us[best_mixer]:.1f} us at (rows, warps) = {best_mixer}")
+        sweeps = [("mixer", mixer_us)]
+        if channels <= triton_kernels.FFN_MAX_CHANNELS:
+            halves = [triton_kernels.convnext_mixer(x, cache, *mixer, launch=best_mixer)[:2] for x in xs]
+            best_ffn, ffn_us = sweep(FFN_LAUNCHES, lambda x1, ffn_in, launch: triton_kernels.convnext_ffn(
+                x1, ffn_in, *ffn, launch=launch), halves)
+            x1, ffn_in, _ = triton_kernels.convnext_mixer(x, cache, *mixer, launch=best_mixer)
+            out = triton_kernels.convnext_ffn(x1, ffn_in, *ffn, launch=best_ffn).float()
+            error = float((out - expected).abs().max() / expected.abs().max())
+            line += (f" + ffn {ffn_us[best_ffn]:.1f} us at (rows, hidden tile, warps, stages) = {best_ffn}, "
+                     f"error {error:.1e}")
+            sweeps.append(("ffn", ffn_us))
         if channels <= triton_kernels.BLOCK_MAX_CHANNELS:
             whole = per_block_us(lambda x: triton_kernels.convnext_block(x, cache, *mixer, *ffn), [(x,) for x in xs])
             line += f"; convnext_block as configured {whole:.1f} us"
         print(line, flush=True)
-        for name, timings in (("mixer", mixer_us), ("ffn", ffn_us)):
+        for name, timings in sweeps:
             print(f"    {name}: " + "  ".join(f"{key}:{us:.0f}" for key, us in sorted(timings.items())), flush=True)
-
 
 if __name__ == "__main__":
     main()

@@ -17,8 +17,10 @@ def inner(tiny_checkpoint):
     return load_checkpoint(str(tiny_checkpoint)).model.model
 
 
-@pytest.mark.parametrize("half, ops", [(half, ops) for half in ("decoder", "semantic")
-                                       for ops in ("torch ops", "triton kernels")] + [("decoder", "triton split blocks")])
+CASES = [(half, ops) for half in ("decoder", "semantic") for ops in ("torch ops", "triton kernels")]
+
+
+@pytest.mark.parametrize("half, ops", CASES + [("decoder", "triton split blocks")])
 def test_streamed_chunks_equal_the_modules_with_the_same_caches(inner, half, ops, monkeypatch):
     """With the torch ops, and with the Triton kernels as CUDA runs them (here through Triton's interpreter, two
     minutes a case): the narrow blocks whole, as at few streams, or as mixer and FFN kernels, as at many (the same
