@@ -202,8 +202,6 @@ def convnext_ffn(x1, ffn_in, linear1_weight, linear1_bias, linear2_weight, linea
     if channels > FFN_MAX_CHANNELS:
         raise ValueError(f"convnext_ffn takes at most {FFN_MAX_CHANNELS} channels, not {channels}")
     rows_per_program, hidden_tile, warps, stages = launch or launch_for(FFN_LAUNCH, channels)
-    if x1.dtype == torch.float32:  # float32 operands take twice the shared memory
-        hidden_tile = min(hidden_tile, 32)
     flat_x1, flat_in = (t.reshape(-1, channels).contiguous() for t in (x1, ffn_in))
     rows, hidden = flat_x1.shape[0], linear1_weight.shape[0]
     block_t = max(16, min(triton.next_power_of_2(rows), rows_per_program))  # tl.dot's least: 16
@@ -211,7 +209,7 @@ def convnext_ffn(x1, ffn_in, linear1_weight, linear1_bias, linear2_weight, linea
     _convnext_ffn_kernel[(triton.cdiv(rows, block_t),)](
         flat_x1, flat_in, linear1_weight, linear1_bias, linear2_weight, linear2_bias, ffn_gamma, out, rows, channels,
         hidden, BLOCK_T=block_t, BLOCK_C=max(16, triton.next_power_of_2(channels)),
-        BLOCK_H=min(hidden_tile, triton.next_power_of_2(hidden)), DOT_FP32=x1.dtype == torch.float32 or INTERPRETED,
+        BLOCK_H=_hidden_block(hidden_tile, hidden, x1.dtype), DOT_FP32=x1.dtype == torch.float32 or INTERPRETED,
         num_warps=warps, num_stages=stages)
     return out.view(x1.shape)
 
@@ -226,8 +224,6 @@ def convnext_block(x, cache, norm_weight, eps, conv_weight, conv_bias, gamma, ff
     if channels > BLOCK_MAX_CHANNELS:
         raise ValueError(f"convnext_block takes at most {BLOCK_MAX_CHANNELS} channels, not {channels}")
     rows, hidden_tile, warps = launch or launch_for(BLOCK_LAUNCH, channels)
-    if x.dtype == torch.float32:  # float32 operands take twice the shared memory
-        hidden_tile = min(hidden_tile, 32)
     x, new_cache, block_t, block_c, grid, strides = _prepare(x, cache, rows, min_block=16)  # tl.dot's least: 16
     out = torch.empty_like(x)
     width, hidden = cache.shape[1], linear1_weight.shape[0]
@@ -235,9 +231,15 @@ def convnext_block(x, cache, norm_weight, eps, conv_weight, conv_bias, gamma, ff
                                  linear1_weight, linear1_bias, linear2_weight, linear2_bias, ffn_gamma, out,
                                  new_cache, x.shape[1], channels, hidden, eps, ffn_eps, *strides,
                                  WIDTH=width, BLOCK_W=triton.next_power_of_2(width), BLOCK_T=block_t,
-                                 BLOCK_C=block_c, BLOCK_H=min(hidden_tile, triton.next_power_of_2(hidden)),
+                                 BLOCK_C=block_c, BLOCK_H=_hidden_block(hidden_tile, hidden, x.dtype),
                                  DOT_FP32=x.dtype == torch.float32 or INTERPRETED, num_warps=warps)
     return out, new_cache
+
+
+def _hidden_block(hidden_tile: int, hidden: int, dtype: torch.dtype) -> int:
+    """The FFN kernels' BLOCK_H: the launch's hidden tile, at most the hidden width (a power of two), at most 32 for
+    float32 operands (they take twice the shared memory)."""
+    return min(hidden_tile, triton.next_power_of_2(hidden), 32 if dtype == torch.float32 else hidden_tile)
 
 
 def launch_for(launches: dict[int, tuple], channels: int) -> tuple:
@@ -248,9 +250,9 @@ def launch_for(launches: dict[int, tuple], channels: int) -> tuple:
 def block_kernels(channels: int, rows: int) -> str:
     """Which kernels run a ConvNeXt block (exact GELU) of `channels` over `rows` rows (batch x time): "block"
     (convnext_block), "mixer+ffn" (convnext_mixer, convnext_ffn) or "mixer" (convnext_mixer, then cuBLAS)."""
-    if channels > BLOCK_MAX_CHANNELS:
-        return "mixer"
-    return "mixer+ffn" if channels > SPLIT_ABOVE_CHANNELS and rows >= SPLIT_ROWS else "block"
+    if SPLIT_ABOVE_CHANNELS < channels <= FFN_MAX_CHANNELS and rows >= SPLIT_ROWS:
+        return "mixer+ffn"
+    return "block" if channels <= BLOCK_MAX_CHANNELS else "mixer"
 
 
 # --- the diffusion solve's per-step glue (engine.network.DiffusionSolver; its torch twins are engine.network's
