@@ -77,7 +77,9 @@ class CachedLanguageModelStep(nn.Module):
     added by the products (addmm), fused RMSNorm, and the rotary tables and attention mask built once per step
     rather than per layer. On CUDA (`triton`: None, the default, means on CUDA tensors where Triton imports) the
     rotary embedding with the KV write, the attention (over each row's live positions only) and the MLP's silu * up
-    are one Triton kernel each (`rotary_kv_write`, `attend`, `silu_mul`; their torch twins are in this module).
+    are one Triton kernel each (`rotary_kv_write`, `attend`, `silu_mul`; their torch twins are in this module), and
+    up to FEW_ROWS rows (8 streams) each product is one kernel with its norm, silu * up or residual
+    (`linear_block`: few_rows_linear).
     With `compile`, each decoder layer runs as one torch.compile'd function of its weights (compiled once, shared
     by every layer, dynamic shapes), on torch ops.
     """
@@ -128,13 +130,14 @@ class CachedLanguageModelStep(nn.Module):
 
 
 def _layer_weights(layer: nn.Module) -> dict:
-    """A decoder layer's tensors; its linears as `linear_params` (float or quantized weights alike), q/k/v and
-    gate/up fused (the modules keep views of the fused weights)."""
+    """A decoder layer's tensors; its norms as (weight, eps), its linears as `linear_params` (float or quantized
+    weights alike), q/k/v and gate/up fused (the modules keep views of the fused weights)."""
     attn, mlp = layer.self_attn, layer.mlp
-    return {"norm1": layer.input_layernorm.weight, "eps": layer.input_layernorm.variance_epsilon,
+    norm1, norm2 = layer.input_layernorm, layer.post_attention_layernorm
+    return {"norm1": (norm1.weight, norm1.variance_epsilon), "norm2": (norm2.weight, norm2.variance_epsilon),
             "qkv": fuse_linears([attn.q_proj, attn.k_proj, attn.v_proj]), "o": linear_params(attn.o_proj),
-            "scaling": attn.scaling, "norm2": layer.post_attention_layernorm.weight,
-            "gate_up": fuse_linears([mlp.gate_proj, mlp.up_proj]), "down": linear_params(mlp.down_proj)}
+            "scaling": attn.scaling, "gate_up": fuse_linears([mlp.gate_proj, mlp.up_proj]),
+            "down": linear_params(mlp.down_proj)}
 
 
 def rotary_kv_write(qkv, cos, sin, keys, values, positions, heads: int, kv_heads: int):
@@ -156,18 +159,44 @@ def attend(q, keys, values, mask, positions, scale: float):
     return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale, enable_gqa=True)
 
 
+def linear_block(x, params: tuple, ops, *, norm: tuple | None = None, activation: str | None = None, residual=None,
+                 layer_scale=None):
+    """A linear (`linear_params`) with what surrounds it in a layer: x's RMSNorm first (`norm`: weight, eps); after
+    it `activation` "silu_glu" (silu(gate) * up of a fused gate-up product) or "gelu" (exact), then a residual added
+    (by the product where it can: addmm), the product first multiplied by `layer_scale` (addcmul). Where `ops` has
+    few_rows_linear (engine.triton_kernels), x has at most ops.FEW_ROWS rows and the weight is not 8-bit (whose
+    `linear_params` carry a scale), that one kernel."""
+    if getattr(ops, "few_rows_linear", None) and x.shape[0] <= ops.FEW_ROWS and len(params) == 2:
+        return ops.few_rows_linear(x, *params, norm=norm, activation=activation, residual=residual,
+                                   layer_scale=layer_scale)
+    if norm is not None:
+        x = F.rms_norm(x, x.shape[-1:], *norm)
+    if activation is None and layer_scale is None:
+        return linear(x, *params) if residual is None else linear_residual(x, residual, *params)
+    y = linear(x, *params)
+    if activation == "silu_glu":
+        y = ops.silu_mul(y)
+    elif activation == "gelu":
+        y = F.gelu(y)
+    elif activation is not None:
+        raise ValueError(f"unknown activation {activation!r}; choose silu_glu or gelu")
+    if residual is None:
+        return y
+    return residual + y if layer_scale is None else torch.addcmul(residual, y, layer_scale)
+
+
 def cached_decoder_layer(hidden, w, cos, sin, keys, values, positions, mask, heads: int, kv_heads: int, ops):
     """One Qwen2 decoder layer for one new token per row (hidden [R, H]), writing its key and value into
     `keys`/`values` [R, kv, context, d] at `positions` and attending with the additive `mask` [R, 1, 1, context].
     `sin` carries rotate_half's sign (see CachedLanguageModelStep); `ops` holds rotary_kv_write, attend and
-    silu_mul (this module's torch ops or engine.triton_kernels)."""
+    silu_mul (this module's torch ops or engine.triton_kernels, which also has few_rows_linear: linear_block)."""
     rows, head_dim = hidden.shape[0], keys.shape[-1]
-    x = F.rms_norm(hidden, hidden.shape[-1:], w["norm1"], w["eps"])
-    q = ops.rotary_kv_write(linear(x, *w["qkv"]), cos, sin, keys, values, positions, heads, kv_heads)
+    qkv = linear_block(hidden, w["qkv"], ops, norm=w["norm1"])
+    q = ops.rotary_kv_write(qkv, cos, sin, keys, values, positions, heads, kv_heads)
     out = ops.attend(q, keys, values, mask, positions, w["scaling"])
-    hidden = linear_residual(out.reshape(rows, heads * head_dim), hidden, *w["o"])
-    x = F.rms_norm(hidden, hidden.shape[-1:], w["norm2"], w["eps"])
-    return linear_residual(ops.silu_mul(linear(x, *w["gate_up"])), hidden, *w["down"])
+    hidden = linear_block(out.reshape(rows, heads * head_dim), w["o"], ops, residual=hidden)
+    x = linear_block(hidden, w["gate_up"], ops, norm=w["norm2"], activation="silu_glu")
+    return linear_block(x, w["down"], ops, residual=hidden)
 
 
 def prefill_decoder_layer(hidden, w, cos, sin, heads: int, kv_heads: int):
@@ -176,7 +205,7 @@ def prefill_decoder_layer(hidden, w, cos, sin, heads: int, kv_heads: int):
     sign."""
     batch, length, width = hidden.shape
     head_dim = cos.shape[-1]
-    x = F.rms_norm(hidden, (width,), w["norm1"], w["eps"])
+    x = F.rms_norm(hidden, (width,), *w["norm1"])
     qkv = linear(x, *w["qkv"]).view(batch, length, heads + 2 * kv_heads, head_dim)
     qk = qkv[:, :, :heads + kv_heads]
     qk = torch.addcmul(qk * cos[:, :, None], qk.roll(head_dim // 2, dims=-1), sin[:, :, None])
@@ -185,7 +214,7 @@ def prefill_decoder_layer(hidden, w, cos, sin, heads: int, kv_heads: int):
     out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=w["scaling"], enable_gqa=True)
     flat = hidden.reshape(batch * length, width)
     flat = linear_residual(out.transpose(1, 2).reshape(batch * length, heads * head_dim), flat, *w["o"])
-    gate, up = linear(F.rms_norm(flat, (width,), w["norm2"], w["eps"]), *w["gate_up"]).chunk(2, dim=-1)
+    gate, up = linear(F.rms_norm(flat, (width,), *w["norm2"]), *w["gate_up"]).chunk(2, dim=-1)
     flat = linear_residual(F.silu(gate) * up, flat, *w["down"])
     return flat.view(batch, length, width), k, v
 
@@ -305,8 +334,9 @@ class DiffusionSolver(nn.Module):
     condition and the timestep is computed before the loop in a few large products: the condition's projection,
     every step's timestep embedding, and every layer's adaLN modulation (shift, 1 + scale, gate) for every step.
     Each step then runs the noisy-latent projection, per layer the MLP's two products (gate and up fused) with
-    silu_mul between them and residual_modulated_norm after (the gated residual and the next layer's norm and
-    modulation), and guided_update (guidance and the solver's update). Those three are one Triton kernel each on
+    silu_mul between them (`linear_block`: at few rows, one kernel with the first product) and
+    residual_modulated_norm after (the gated residual and the next layer's norm and modulation), and guided_update
+    (guidance and the solver's update). Those three are one Triton kernel each on
     CUDA (`triton`: None, the default, means on CUDA tensors where Triton imports), torch ops elsewhere (the functions
     above). The head's modules keep views of the fused weights.
 
@@ -326,6 +356,7 @@ class DiffusionSolver(nn.Module):
         self.register_buffer("scale_offset", offset.repeat_interleave(self.hidden).to(self.modulation),
                              persistent=False)
         self.gate_up = [fuse_linears([layer.ffn.gate_proj, layer.ffn.up_proj]) for layer in layers]
+        self.down = [linear_params(layer.ffn.down_proj) for layer in layers]
         # each norm as (weight, eps), the final layer's last: the norm that follows layer j is norms[j + 1]
         self.norms = [(layer.norm.weight, layer.norm.variance_epsilon) for layer in layers] + [
             (None, final.rms_norm_eps)]
@@ -346,7 +377,8 @@ class DiffusionSolver(nn.Module):
             hidden = head.noisy_images_proj(x).repeat(2, 1)
             normed = ops.modulated_norm(hidden, *self.norms[0], chunk[:, 0], chunk[:, 1])
             for j, layer in enumerate(head.layers):
-                update = layer.ffn.down_proj(ops.silu_mul(linear(normed, *self.gate_up[j])))
+                hidden_units = linear_block(normed, self.gate_up[j], ops, activation="silu_glu")
+                update = linear_block(hidden_units, self.down[j], ops)
                 shift, scale = chunk[:, 3 * j + 3], chunk[:, 3 * j + 4]  # the next layer's, or the final layer's
                 hidden, normed = ops.residual_modulated_norm(hidden, chunk[:, 3 * j + 2], update, *self.norms[j + 1],
                                                              shift, scale)

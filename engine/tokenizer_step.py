@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import GELUActivation
 
-from engine.network import conv_cache_specs, kernels_for
+from engine.network import conv_cache_specs, kernels_for, linear_block
 
 
 class TokenizerStep(nn.Module):
@@ -141,7 +141,8 @@ class _Block(nn.Module):
     """A ConvNeXt block: x + gamma * dwconv(norm(x)), then x + ffn_gamma * ffn(ffn_norm(x)). On CUDA it runs as
     Triton kernels (engine.triton_kernels; block_kernels picks them by width and rows): narrow blocks whole
     (`convnext_block`) or in two halves (`convnext_mixer`, `convnext_ffn`), wider ones up to the FFN's input
-    (`convnext_mixer`), then cuBLAS; otherwise as torch ops (`convnext_mixer` here, then the FFN's modules)."""
+    (`convnext_mixer`), then engine.network.linear_block's products (few_rows_linear at few rows, else cuBLAS);
+    otherwise as torch ops (`convnext_mixer` here, then the FFN's modules)."""
 
     def __init__(self, block: nn.Module, triton: bool | None):
         super().__init__()
@@ -165,6 +166,11 @@ class _Block(nn.Module):
         x, ffn_in, new = (kernels.convnext_mixer if kernels else convnext_mixer)(*mixer_args)
         if path == "mixer+ffn":
             return kernels.convnext_ffn(x, ffn_in, *ffn_args), new
+        if kernels and self.exact_gelu:  # at few rows (wide blocks, few streams) one kernel per product
+            flat, channels = x.reshape(-1, x.shape[-1]), x.shape[-1]
+            hidden = linear_block(ffn_in.reshape(-1, channels), ffn_args[:2], kernels, activation="gelu")
+            out = linear_block(hidden, ffn_args[2:4], kernels, residual=flat, layer_scale=block.ffn_gamma)
+            return out.view_as(x), new
         return torch.addcmul(x, ffn.linear2(ffn.activation(ffn.linear1(ffn_in))), block.ffn_gamma), new
 
 

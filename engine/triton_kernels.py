@@ -17,6 +17,7 @@ rounded to x's dtype; products accumulate in float32 (float32 tensors: IEEE floa
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -453,6 +454,198 @@ def attend(q, keys, values, mask, positions, scale: float):
                                      *values.stride()[:3], GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
                                      D=head_dim, BLOCK_N=64, DOT_FP32=q.dtype == torch.float32 or INTERPRETED)
     return out
+
+
+# --- products of few rows: a frame's LM step and diffusion solve up to FEW_ROWS rows (8 streams' positive and
+# negative rows) and the tokenizers' widest blocks at few streams, with what surrounds a product in a layer
+# (engine.network.linear_block; its torch ops are the twin). Float weights only: for 8-bit ones the conversion in
+# this form measured slower than scaled_linear's (the 7B's gate-up 79 against 57 us at two rows)
+
+FEW_ROWS = 16  # tl.dot's least tile side: the rows are padded to it
+# few_rows_launch's rule, measured on an H200 with perf/tune_few_rows_linear.py (1.5B and 7B products, two rows):
+# 64 outputs per program, 128 inputs per step (64 for a gate-up product, two tiles a step, and after an RMSNorm),
+# 5 pipeline stages (3 for a gate-up product with more tiles than two per multiprocessor). The inner width is split
+# while the programs do not fill the multiprocessors, down to 1024 inputs a split (the down products; small products
+# lose to the extra kernel); a narrow product after an RMSNorm is split until its programs outnumber the
+# multiprocessors and each split is at most 1024 wide (unsplit, the 1.5B's qkv took 13 us instead of 7, the 7B's
+# 31 instead of 14)
+ACTIVATIONS = ("silu_glu", "gelu")
+FEW_ROWS_OUTPUTS, FEW_ROWS_INNER, FEW_ROWS_NARROW_INNER, FEW_ROWS_WARPS = 64, 128, 64, 4
+FEW_ROWS_STAGES, FEW_ROWS_WIDE_GLU_STAGES = 5, 3
+FEW_ROWS_SPLIT_INNER = 1024
+
+
+@triton.jit
+def _rounded_output(acc, n, outputs, bias_ptr, HAS_BIAS: tl.constexpr, dtype):
+    """float32 sums [outputs, rows] -> the product as the torch ops round it: rounded, biased, rounded (as float32
+    values)."""
+    out = acc.to(dtype).to(tl.float32)
+    if HAS_BIAS:
+        out = (out + tl.load(bias_ptr + n, mask=outputs, other=0.0).to(tl.float32)[:, None]).to(dtype).to(tl.float32)
+    return out
+
+
+@triton.jit
+def _few_rows_store(acc, up, n, m, M, N, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr, HAS_BIAS: tl.constexpr,
+                    GLU: tl.constexpr, GELU: tl.constexpr, HAS_RESIDUAL: tl.constexpr, LAYER_SCALE: tl.constexpr):
+    """Sums for outputs n of rows m ([BLOCK_N, ROWS] float32; `up`'s for outputs N + n with GLU) -> out[m, n]:
+    the product, silu(gate) * up with GLU or its exact GELU, plus the residual (times the layer scale first), each
+    rounded to out's dtype as the torch ops do."""
+    dtype = out_ptr.dtype.element_ty
+    outputs = n < N
+    out = _rounded_output(acc, n, outputs, bias_ptr, HAS_BIAS, dtype)
+    if GLU:
+        up = _rounded_output(up, n + N, outputs, bias_ptr, HAS_BIAS, dtype)
+        out = (out / (1.0 + tl.exp(-out))).to(dtype).to(tl.float32) * up
+    if GELU:
+        out = 0.5 * out * (1.0 + tl.erf(out * 0.7071067811865476))
+    where = m[None, :] * N + n[:, None]
+    mask = outputs[:, None] & (m < M)[None, :]
+    if HAS_RESIDUAL:
+        out = out.to(dtype).to(tl.float32)
+        if LAYER_SCALE:  # addcmul: residual + scale * out, rounded once
+            out = out * tl.load(layer_scale_ptr + n, mask=outputs, other=0.0).to(tl.float32)[:, None]
+        out = tl.load(residual_ptr + where, mask=mask, other=0.0).to(tl.float32) + out
+    tl.store(out_ptr + where, out.to(dtype), mask=mask)
+
+
+@triton.jit
+def _few_rows_linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr, partial_ptr,
+                            squares_ptr, M, N, K, eps, split_inner, NORM: tl.constexpr, GLU: tl.constexpr,
+                            GELU: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                            LAYER_SCALE: tl.constexpr, SPLIT: tl.constexpr, DOT_FP32: tl.constexpr,
+                            ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Outputs n (and N + n with GLU) of rows m over the inner range of split program_id(1): the weight tile is the
+    product's wide side, so each program streams [BLOCK_N, BLOCK_K] weight tiles against x's few rows. The
+    RMSNorm's per-row factor is taken out of the product: (x * norm weight) @ W, times the inverse root mean square
+    of x, whose squares are summed over the same tiles (no pass over x before the weights)."""
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m = tl.arange(0, ROWS)
+    outputs, rows = n < N, m < M
+    dtype = x_ptr.dtype.element_ty
+    operand = tl.float32 if DOT_FP32 else dtype
+    squares = tl.zeros((ROWS,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_N, ROWS), dtype=tl.float32)
+    up = tl.zeros((BLOCK_N, ROWS), dtype=tl.float32)
+    begin = tl.program_id(1) * split_inner
+    for start in range(begin, tl.minimum(begin + split_inner, K), BLOCK_K):
+        k = start + tl.arange(0, BLOCK_K)
+        inner = k < K
+        xk = tl.load(x_ptr + m[:, None] * K + k[None, :], mask=rows[:, None] & inner[None, :], other=0.0)
+        if NORM:
+            xf = xk.to(tl.float32)
+            squares += tl.sum(xf * xf, axis=1)
+            xk = (xf * tl.load(norm_ptr + k, mask=inner, other=0.0).to(tl.float32)[None, :]).to(dtype)
+        xt = tl.trans(xk.to(operand))
+        w = tl.load(w_ptr + n[:, None] * K + k[None, :], mask=outputs[:, None] & inner[None, :], other=0.0)
+        acc += tl.dot(w.to(operand), xt, input_precision="ieee" if DOT_FP32 else None)
+        if GLU:
+            w = tl.load(w_ptr + (N + n)[:, None] * K + k[None, :], mask=outputs[:, None] & inner[None, :], other=0.0)
+            up += tl.dot(w.to(operand), xt, input_precision="ieee" if DOT_FP32 else None)
+    if SPLIT:  # float32 sums per split, reduced in split order by _few_rows_reduce_kernel
+        width = 2 * N if GLU else N
+        partial = partial_ptr + tl.program_id(1) * ROWS * width + m[None, :] * width + n[:, None]
+        tl.store(partial, acc, mask=outputs[:, None])
+        if GLU:
+            tl.store(partial + N, up, mask=outputs[:, None])
+        if NORM:  # every program of the split holds the same squares: any may write them
+            tl.store(squares_ptr + tl.program_id(1) * ROWS + m, squares)
+    else:
+        if NORM:
+            inverse = tl.rsqrt(squares / K + eps)[None, :]
+            acc, up = acc * inverse, up * inverse
+        _few_rows_store(acc, up, n, m, M, N, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr, HAS_BIAS, GLU,
+                        GELU, HAS_RESIDUAL, LAYER_SCALE)
+
+
+@triton.jit
+def _few_rows_reduce_kernel(partial_ptr, squares_ptr, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr, M, N, K, eps,
+                            splits, NORM: tl.constexpr, GLU: tl.constexpr, GELU: tl.constexpr, HAS_BIAS: tl.constexpr,
+                            HAS_RESIDUAL: tl.constexpr, LAYER_SCALE: tl.constexpr, ROWS: tl.constexpr,
+                            BLOCK_N: tl.constexpr):
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m = tl.arange(0, ROWS)
+    outputs = n < N
+    width = 2 * N if GLU else N
+    squares = tl.zeros((ROWS,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_N, ROWS), dtype=tl.float32)
+    up = tl.zeros((BLOCK_N, ROWS), dtype=tl.float32)
+    for split in range(splits):
+        partial = partial_ptr + split * ROWS * width + m[None, :] * width + n[:, None]
+        acc += tl.load(partial, mask=outputs[:, None], other=0.0)
+        if GLU:
+            up += tl.load(partial + N, mask=outputs[:, None], other=0.0)
+        if NORM:
+            squares += tl.load(squares_ptr + split * ROWS + m)
+    if NORM:
+        inverse = tl.rsqrt(squares / K + eps)[None, :]
+        acc, up = acc * inverse, up * inverse
+    _few_rows_store(acc, up, n, m, M, N, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr, HAS_BIAS, GLU,
+                    GELU, HAS_RESIDUAL, LAYER_SCALE)
+
+
+def few_rows_linear(x, weight, bias=None, *, norm=None, activation=None, residual=None, layer_scale=None,
+                    launch=None):
+    """A product of at most FEW_ROWS rows with what surrounds it in a layer, in one kernel (two when the inner width
+    is split): x [R, K], weight [N', K] in x's dtype, bias [N'];
+    `norm` (weight [K], eps): x's RMSNorm first; `activation` "silu_glu": the weight is gate and up stacked
+    (N' = 2N) and the result silu(gate) * up [R, N], "gelu": the exact GELU; `residual` [R, N] added, after the
+    product is multiplied by `layer_scale` [N] if given. Rounded where engine.network.linear_block's torch ops round.
+    `launch` (outputs per program, inner step, splits, warps, stages) overrides few_rows_launch's."""
+    rows, inner = x.shape
+    if rows > FEW_ROWS:
+        raise ValueError(f"few_rows_linear takes at most {FEW_ROWS} rows, got {rows}")
+    if activation not in (None, *ACTIVATIONS):
+        raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+    if weight.stride(1) != 1 or weight.stride(0) != inner:
+        raise ValueError("few_rows_linear needs a contiguous [out, in] weight")
+    glu = activation == "silu_glu"
+    outputs = weight.shape[0] // 2 if glu else weight.shape[0]
+    block_n, block_k, splits, warps, stages = launch or few_rows_launch(weight, glu, norm is not None)
+    split_inner = triton.cdiv(triton.cdiv(inner, splits), block_k) * block_k
+    splits = triton.cdiv(inner, split_inner)  # no empty split
+    x = x.contiguous()
+    out = torch.empty(rows, outputs, dtype=x.dtype, device=x.device)
+    residual = None if residual is None else residual.contiguous()
+    partial = squares = None
+    if splits > 1:
+        partial = torch.empty(splits, FEW_ROWS, weight.shape[0], dtype=torch.float32, device=x.device)
+        squares = torch.empty(splits, FEW_ROWS, dtype=torch.float32, device=x.device) if norm is not None else None
+    flags = dict(NORM=norm is not None, GLU=glu, GELU=activation == "gelu", HAS_BIAS=bias is not None,
+                 HAS_RESIDUAL=residual is not None, LAYER_SCALE=layer_scale is not None, ROWS=FEW_ROWS)
+    norm_weight, eps = norm if norm is not None else (None, 0.0)
+    _few_rows_linear_kernel[(triton.cdiv(outputs, block_n), splits)](
+        x, norm_weight, weight, bias, residual, layer_scale, out, partial, squares, rows, outputs, inner, eps,
+        split_inner, SPLIT=splits > 1, DOT_FP32=x.dtype == torch.float32 or INTERPRETED, BLOCK_N=block_n,
+        BLOCK_K=block_k, num_warps=warps, num_stages=stages, **flags)
+    if splits > 1:
+        reduce_block = 64
+        _few_rows_reduce_kernel[(triton.cdiv(outputs, reduce_block),)](
+            partial, squares, bias, residual, layer_scale, out, rows, outputs, inner, eps, splits,
+            BLOCK_N=reduce_block, **flags)
+    return out
+
+
+def few_rows_launch(weight: torch.Tensor, glu: bool, norm: bool) -> tuple[int, int, int, int, int]:
+    """few_rows_linear's launch for this weight (FEW_ROWS_* above)."""
+    tiles = triton.cdiv(weight.shape[0] // 2 if glu else weight.shape[0], FEW_ROWS_OUTPUTS)
+    processors = _processors(weight.device)
+    splits = 1
+    if norm and tiles <= processors:
+        while splits * tiles <= processors or weight.shape[1] > splits * FEW_ROWS_SPLIT_INNER:
+            splits *= 2
+    else:
+        while 2 * splits * tiles <= processors and 2 * splits * FEW_ROWS_SPLIT_INNER <= weight.shape[1]:
+            splits *= 2
+    stages = FEW_ROWS_WIDE_GLU_STAGES if glu and tiles > 2 * processors else FEW_ROWS_STAGES
+    return (FEW_ROWS_OUTPUTS, FEW_ROWS_NARROW_INNER if glu or norm else FEW_ROWS_INNER, splits, FEW_ROWS_WARPS,
+            stages)
+
+
+@functools.cache
+def _processors(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device; 1 elsewhere (Triton's interpreter)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 # --- 8-bit linears (engine.quantize; its torch twin is engine.quantize.linear's CPU path)

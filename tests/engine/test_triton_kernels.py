@@ -202,3 +202,60 @@ def test_scaled_linear_equals_the_quantized_linears_arithmetic(kernels, kind, ro
     expected = linear(x, weight, b, scale) if r is None else linear_residual(x, r, weight, b, scale)
     assert ours.shape == expected.shape and ours.dtype == torch.bfloat16
     torch.testing.assert_close(ours, expected, rtol=2 ** -7, atol=2 ** -7 * float(expected.abs().max()))
+
+
+FEW_ROWS_CASES = [  # (rows, dtype, norm, activation, bias, residual, layer scale, launch)
+    (2, "bf16", True, None, True, False, False, None),  # an LM step's qkv
+    (2, "bf16", False, None, False, True, False, None),  # o, down
+    (16, "bf16", True, "silu_glu", False, False, False, None),  # gate-up
+    (1, "bf16", False, "gelu", True, False, False, None),  # a tokenizer block's linear1
+    (8, "bf16", False, None, True, True, True, (16, 64, 3, 4, 2)),  # its linear2, the inner width split in three
+    (1, "bf16", False, "silu_glu", True, True, False, (16, 64, 3, 4, 2)),
+    (5, "fp32", True, "gelu", False, True, True, (32, 128, 2, 4, 2)),
+    (16, "bf16", True, None, True, True, False, None),
+]
+
+
+@pytest.mark.parametrize("rows, kind, norm, activation, bias, residual, layer_scale, launch", FEW_ROWS_CASES)
+def test_few_rows_linear_equals_linear_blocks_torch_ops(kernels, rows, kind, norm, activation, bias, residual,
+                                                        layer_scale, launch):
+    """few_rows_linear against engine.network.linear_block's torch ops (RMSNorm, product, silu(gate) * up or GELU,
+    residual, each rounded): widths that are not multiples of the tiles, split inner widths. They differ in float32
+    summation order, and Triton's interpreter truncates casts to bf16 (the GPU rounds to nearest): at most a step of
+    the dtype per rounding, of which silu(gate) * up takes three after the product."""
+    generator = torch.Generator().manual_seed(rows)
+    dtype = torch.float32 if kind == "fp32" else torch.bfloat16
+    outputs, inner = 40, 300
+    glu = activation == "silu_glu"
+    weight = (torch.randn(2 * outputs if glu else outputs, inner, generator=generator) * inner ** -0.5).to(dtype)
+    params = (weight, torch.randn(weight.shape[0], generator=generator).to(dtype) if bias else None)
+    x = torch.randn(rows, inner, generator=generator).to(dtype)
+    around = {"norm": (torch.rand(inner, generator=generator).to(dtype) + 0.5, 1e-6) if norm else None,
+              "activation": activation,
+              "residual": torch.randn(rows, outputs, generator=generator).to(dtype) if residual else None,
+              "layer_scale": torch.rand(outputs, generator=generator).to(dtype) if layer_scale else None}
+    ours = kernels.few_rows_linear(x, *params, **around, launch=launch)
+    expected = network.linear_block(x, params, network, **around)
+    assert ours.shape == expected.shape == (rows, outputs) and ours.dtype == dtype
+    step = {torch.float32: 1e-5, torch.bfloat16: 2 ** -7}[dtype] * (4 if glu else 2)
+    torch.testing.assert_close(ours, expected, rtol=step, atol=step * float(expected.abs().max()))
+
+
+def test_few_rows_linear_refuses_many_rows_and_unknown_activations(kernels):
+    with pytest.raises(ValueError, match="at most 16 rows, got 17"):
+        kernels.few_rows_linear(torch.zeros(17, 8), torch.zeros(4, 8))
+    with pytest.raises(ValueError, match="unknown activation 'relu'; choose one of silu_glu, gelu"):
+        kernels.few_rows_linear(torch.zeros(2, 8), torch.zeros(4, 8), activation="relu")
+
+
+@pytest.mark.parametrize("outputs, inner, glu, norm, launch", [
+    (2048, 1536, False, True, (64, 64, 8, 4, 5)),  # 1.5B qkv: after a norm, more programs than processors
+    (1536, 8960, False, False, (64, 128, 4, 4, 5)),  # 1.5B down: split while the programs do not fill them
+    (1536, 1536, False, False, (64, 128, 1, 4, 5)),  # 1.5B o: too narrow to split
+    (37888, 3584, True, True, (64, 64, 1, 4, 3)),  # 7B gate-up: many tiles, fewer stages
+    (4608, 3584, False, True, (64, 64, 4, 4, 5)),  # 7B qkv: and splits at most 1024 wide
+    (17920, 1536, True, True, (64, 64, 1, 4, 5)),  # 1.5B gate-up: enough tiles unsplit
+])
+def test_few_rows_launch_follows_the_measured_rule(kernels, monkeypatch, outputs, inner, glu, norm, launch):
+    monkeypatch.setattr(kernels, "_processors", lambda device: 132)  # an H200's
+    assert kernels.few_rows_launch(torch.empty(outputs, inner, device="meta"), glu, norm) == launch

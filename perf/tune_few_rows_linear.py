@@ -1,0 +1,103 @@
+"""The few-row products on the GPU: engine.triton_kernels.few_rows_linear's launches against the kernels it replaces
+(the torch ops of engine.network.linear_block: RMSNorm, cuBLAS's product, silu_mul or GELU, the residual's addmm
+or addcmul).
+
+    python perf/tune_few_rows_linear.py [--size 1.5B 7B] [--rows 2 16] [--only qkv tokenizer]
+
+For each product of a frame's LM step, diffusion solve and widest tokenizer blocks at the released sizes, with what
+surrounds it there, and each row count (2 = one stream's positive and negative rows): microseconds per product (CUDA
+graph replays over distinct weights, more than the L2 cache holds) of the current path, of the configured launch
+and of every launch tried, the best, and the weights' bytes per second; to set engine.triton_kernels.few_rows_launch.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import types
+
+import torch
+from profile_frame import replay_ms
+from triton.runtime.errors import OutOfResources
+
+from engine import network, triton_kernels
+
+# (hidden, LM intermediate, q heads + 2 kv heads, diffusion head intermediate), head_dim 128
+SIZES = {"1.5B": (1536, 8960, 12 + 2 * 2, 4608), "7B": (3584, 18944, 28 + 2 * 4, 10752)}
+L2_BYTES = 50 * 2 ** 20
+TILES = [(32, 128), (32, 256), (64, 64), (64, 128), (128, 64)]  # (outputs, inner step) per program
+LAUNCHES = [(n, k, splits, 4, stages) for (n, k), splits, stages in itertools.product(TILES, (1, 2, 4, 8), (3, 4, 5))]
+CURRENT = types.SimpleNamespace(silu_mul=triton_kernels.silu_mul)  # linear_block's ops before few_rows_linear
+
+
+def products(size: str) -> dict[str, tuple[int, int, dict]]:
+    """name -> (weight rows, inner width, what surrounds the product: norm, bias, activation, residual,
+    layer_scale). The tokenizers' widest ConvNeXt blocks (2048 and 1024 channels) have 1 and 8 rows per stream."""
+    hidden, intermediate, heads, head_intermediate = SIZES[size]
+    products = {"lm qkv": (heads * 128, hidden, {"norm": True, "bias": True}),
+                "lm o": (hidden, hidden, {"residual": True}),
+                "lm gate_up": (2 * intermediate, hidden, {"norm": True, "activation": "silu_glu"}),
+                "lm down": (hidden, intermediate, {"residual": True}),
+                "head gate_up": (2 * head_intermediate, hidden, {"activation": "silu_glu"}),
+                "head down": (hidden, head_intermediate, {})}
+    for channels in (2048, 1024):
+        products[f"tokenizer {channels} linear1"] = (4 * channels, channels, {"bias": True, "activation": "gelu"})
+        products[f"tokenizer {channels} linear2"] = (channels, 4 * channels,
+                                                     {"bias": True, "residual": True, "layer_scale": True})
+    return products
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", nargs="+", default=["1.5B", "7B"])
+    parser.add_argument("--rows", type=int, nargs="+", default=[2])
+    parser.add_argument("--only", nargs="+", help="products whose name contains one of these")
+    args = parser.parse_args()
+    for size, rows in itertools.product(args.size, args.rows):
+        for name, (out, inner, options) in products(size).items():
+            if args.only and not any(part in name for part in args.only):
+                continue
+            activation = options.get("activation")
+            outputs = out // 2 if activation == "silu_glu" else out
+            bytes_ = out * inner * 2
+            copies = max(4, -(-3 * L2_BYTES // bytes_))
+            weights = [(torch.randn(out, inner, device="cuda", dtype=torch.bfloat16) * inner ** -0.5,
+                        torch.randn(out, device="cuda", dtype=torch.bfloat16) if options.get("bias") else None)
+                       for _ in range(copies)]
+            x = torch.randn(rows, inner, device="cuda", dtype=torch.bfloat16)
+            norm = (torch.rand(inner, device="cuda", dtype=torch.bfloat16) + 0.5, 1e-6) if options.get("norm") else None
+            around = {"norm": norm, "activation": activation,
+                      "residual": (torch.randn(rows, outputs, device="cuda", dtype=torch.bfloat16)
+                                   if options.get("residual") else None),
+                      "layer_scale": (torch.rand(outputs, device="cuda", dtype=torch.bfloat16)
+                                      if options.get("layer_scale") else None)}
+
+            def current():
+                return [network.linear_block(x, p, CURRENT, **around) for p in weights]
+
+            def ours(launch=None):
+                return [triton_kernels.few_rows_linear(x, *p, **around, launch=launch) for p in weights]
+
+            before = replay_ms(current) * 1000 / copies
+            configured = replay_ms(ours) * 1000 / copies
+            timings = {}
+            for launch in LAUNCHES:
+                if launch[2] > 1 and launch[1] * launch[2] > inner:
+                    continue
+                try:
+                    ours(launch)
+                except OutOfResources:
+                    continue
+                timings[launch] = replay_ms(lambda: ours(launch)) * 1000 / copies
+            best = min(timings, key=timings.get)
+            reference, result = current()[0].float(), ours()[0].float()
+            error = float((result - reference).abs().max() / reference.abs().max())
+            ranked = sorted(timings, key=timings.get)[:5]
+            print(f"{size} {name} [{out}x{inner}] rows {rows}: current {before:.1f} us; configured "
+                  f"{configured:.1f} us ({bytes_ / configured / 1e6:.2f} TB/s); best {timings[best]:.1f} us "
+                  f"({bytes_ / timings[best] / 1e6:.2f} TB/s) at {best}; next "
+                  + ", ".join(f"{timings[launch]:.1f} {launch}" for launch in ranked[1:])
+                  + f"; error vs current {error:.1e}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
