@@ -587,11 +587,11 @@ def _few_rows_reduce_kernel(partial_ptr, squares_ptr, bias_ptr, residual_ptr, la
 def few_rows_linear(x, weight, bias=None, *, norm=None, activation=None, residual=None, layer_scale=None,
                     launch=None):
     """A product of at most FEW_ROWS rows with what surrounds it in a layer, in one kernel (two when the inner width
-    is split): x [R, K], weight [N', K] in x's dtype, bias [N'];
-    `norm` (weight [K], eps): x's RMSNorm first; `activation` "silu_glu": the weight is gate and up stacked
-    (N' = 2N) and the result silu(gate) * up [R, N], "gelu": the exact GELU; `residual` [R, N] added, after the
-    product is multiplied by `layer_scale` [N] if given. Rounded where engine.network.linear_block's torch ops round.
-    `launch` (outputs per program, inner step, splits, warps, stages) overrides few_rows_launch's."""
+    is split): x [R, K], weight [N', K] in x's dtype, bias [N']; `norm` (weight [K], eps): x's RMSNorm first;
+    `activation` "silu_glu": the weight is gate and up stacked (N' = 2N) and the result silu(gate) * up [R, N],
+    "gelu": the exact GELU; `residual` [R, N] added, after the product is multiplied by `layer_scale` [N] if given.
+    Rounded where engine.network.linear_block's torch ops round. `launch` (outputs per program, inner step, splits,
+    warps, stages) overrides few_rows_launch's."""
     rows, inner = x.shape
     if rows > FEW_ROWS:
         raise ValueError(f"few_rows_linear takes at most {FEW_ROWS} rows, got {rows}")

@@ -20,11 +20,12 @@ def inner(tiny_checkpoint):
 CASES = [(half, ops) for half in ("decoder", "semantic") for ops in ("torch ops", "triton kernels")]
 
 
-@pytest.mark.parametrize("half, ops", CASES + [("decoder", "triton split blocks")])
+@pytest.mark.parametrize("half, ops", CASES + [("decoder", "triton split blocks"), ("decoder", "triton wide blocks")])
 def test_streamed_chunks_equal_the_modules_with_the_same_caches(inner, half, ops, monkeypatch):
     """With the torch ops, and with the Triton kernels as CUDA runs them (here through Triton's interpreter, two
-    minutes a case): the narrow blocks whole, as at few streams, or as mixer and FFN kernels, as at many (the same
-    kernels in both halves: the decoder's case covers them)."""
+    minutes a case): the narrow blocks whole, as at few streams, or as mixer and FFN kernels, as at many, or every
+    block as the wide ones run, the mixer kernel and then the FFN's products (few_rows_linear where a stage has at
+    most 16 rows) (the same kernels in both halves: the decoder's cases cover them)."""
     module, output, shape = {"decoder": (inner.audio_tower.decoder, "audio", (3, 64, 1)),
                              "semantic": (inner.semantic_tokenizer_encoder, "latents", (3, 1, HOP_SAMPLES))}[half]
     triton = ops != "torch ops"
@@ -33,6 +34,8 @@ def test_streamed_chunks_equal_the_modules_with_the_same_caches(inner, half, ops
         if ops == "triton split blocks":
             monkeypatch.setattr(kernels, "SPLIT_ABOVE_CHANNELS", 0)
             monkeypatch.setattr(kernels, "SPLIT_ROWS", 0)
+        if ops == "triton wide blocks":
+            monkeypatch.setattr(kernels, "BLOCK_MAX_CHANNELS", 0)
     reference, ours = StreamingConvStep(module, output), TokenizerStep(module, triton=triton)
     generator = torch.Generator().manual_seed(0)
     reference_caches = our_caches = reference.zero_caches(3)
