@@ -38,6 +38,21 @@ def replay_ms(fn, repeats: int = 50) -> float:
     return start.elapsed_time(end) / repeats
 
 
+def launch_timings(run, launches, calls: int) -> dict:
+    """Microseconds per call of `run(launch)` (which makes `calls` calls, replayed as a graph) for each launch that
+    compiles: Triton refuses those that need more shared memory or registers than a multiprocessor has."""
+    from triton.runtime.errors import OutOfResources
+
+    timings = {}
+    for launch in launches:
+        try:
+            run(launch)
+        except OutOfResources:
+            continue
+        timings[launch] = replay_ms(lambda: run(launch)) * 1000 / calls
+    return timings
+
+
 def kernel_table(fn, top: int) -> str:
     """One eager run of `fn` under the profiler: kernel count, summed kernel time and the costliest kernels."""
     fn()

@@ -16,8 +16,7 @@ import itertools
 import types
 
 import torch
-from profile_frame import replay_ms
-from triton.runtime.errors import OutOfResources
+from profile_frame import launch_timings, replay_ms
 
 from engine import network, triton_kernels
 
@@ -79,15 +78,8 @@ def main() -> None:
 
             before = replay_ms(current) * 1000 / copies
             configured = replay_ms(ours) * 1000 / copies
-            timings = {}
-            for launch in LAUNCHES:
-                if launch[2] > 1 and launch[1] * launch[2] > inner:
-                    continue
-                try:
-                    ours(launch)
-                except OutOfResources:
-                    continue
-                timings[launch] = replay_ms(lambda: ours(launch)) * 1000 / copies
+            splittable = [launch for launch in LAUNCHES if launch[2] == 1 or launch[1] * launch[2] <= inner]
+            timings = launch_timings(ours, splittable, copies)
             best = min(timings, key=timings.get)
             reference, result = current()[0].float(), ours()[0].float()
             error = float((result - reference).abs().max() / reference.abs().max())

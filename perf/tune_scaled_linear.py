@@ -16,8 +16,7 @@ import itertools
 
 import torch
 import torch.nn.functional as F
-from profile_frame import replay_ms
-from triton.runtime.errors import OutOfResources
+from profile_frame import launch_timings, replay_ms
 
 from engine import triton_kernels
 from engine.quantize import quantize_rows
@@ -50,13 +49,7 @@ def main() -> None:
 
             cublas = replay_ms(lambda: [F.linear(x, w) for w in floats]) * 1000 / COPIES
             configured = replay_ms(product) * 1000 / COPIES
-            timings = {}
-            for launch in FEW if rows <= 16 else MANY:
-                try:
-                    product(launch)
-                except OutOfResources:
-                    continue
-                timings[launch] = replay_ms(lambda: product(launch)) * 1000 / COPIES
+            timings = launch_timings(product, FEW if rows <= 16 else MANY, COPIES)
             best = min(timings, key=timings.get)
             error = float((product()[0].float() - F.linear(x, floats[0]).float()).abs().max()
                           / F.linear(x, floats[0]).float().abs().max())
