@@ -23,6 +23,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 # Launches by block width (the entry for the least width >= the block's, the widest past them all), chosen on an
 # H200 with perf/tune_block_kernel.py at 1 to 64 streams:
@@ -39,6 +40,32 @@ FFN_MAX_CHANNELS = max(FFN_LAUNCH)
 SPLIT_ABOVE_CHANNELS, SPLIT_ROWS = 64, 8192
 # Triton's interpreter (the CPU tests) miscomputes products of bf16 operands: there they are float32 (exact too)
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+# Programmatic dependent launch (Hopper on): each kernel here may start while the kernel before it drains and waits
+# for it (griddepcontrol.wait) before touching anything another kernel writes or reads, so its launch hides behind
+# the previous kernel's tail. perf/profile_frame.py --no-dependent-launch measures without it.
+DEPENDENT_LAUNCH = True
+
+
+@triton.jit
+def _after_previous_kernel(PDL: tl.constexpr):
+    """Under programmatic dependent launch (PDL), wait until the kernel before has finished and its writes are
+    visible, then let the next one start launching. Every kernel here calls it in every program before touching
+    memory other kernels write or read (only constant weights may be read before): the waits chain, so a kernel
+    also follows every kernel before the one it waits for."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+
+
+def _dependent_launch(device: torch.device) -> dict:
+    """The launch options of a kernel here on `device`: its PDL flag and Triton's launch_pdl."""
+    on = DEPENDENT_LAUNCH and not INTERPRETED and device.type == "cuda" and _properties(device).major >= 9
+    return {"PDL": on, "launch_pdl": on}
+
+
+@functools.cache
+def _properties(device: torch.device):
+    return torch.cuda.get_device_properties(device)
 
 
 @triton.jit
@@ -88,7 +115,9 @@ def _mix(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr, gamma_ptr, ffn_no
 def _convnext_mixer_kernel(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr, gamma_ptr, ffn_norm_w_ptr,
                            out_ptr, ffn_in_ptr, new_cache_ptr,
                            T, C, eps, ffn_eps, sxb, sxt, scb, sct, scc,
-                           WIDTH: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+                           WIDTH: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+                           PDL: tl.constexpr):
+    _after_previous_kernel(PDL)
     b = tl.program_id(0)
     t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     c = tl.arange(0, BLOCK_C)
@@ -135,7 +164,8 @@ def _convnext_block_kernel(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr,
                            w1_ptr, b1_ptr, w2_ptr, b2_ptr, ffn_gamma_ptr, out_ptr, new_cache_ptr,
                            T, C, HIDDEN, eps, ffn_eps, sxb, sxt, scb, sct, scc,
                            WIDTH: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
-                           BLOCK_H: tl.constexpr, DOT_FP32: tl.constexpr):
+                           BLOCK_H: tl.constexpr, DOT_FP32: tl.constexpr, PDL: tl.constexpr):
+    _after_previous_kernel(PDL)
     b = tl.program_id(0)
     t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     c = tl.arange(0, BLOCK_C)
@@ -151,7 +181,8 @@ def _convnext_block_kernel(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr,
 @triton.jit
 def _convnext_ffn_kernel(x1_ptr, ffn_in_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, ffn_gamma_ptr, out_ptr, R, C, HIDDEN,
                          BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr,
-                         DOT_FP32: tl.constexpr):
+                         DOT_FP32: tl.constexpr, PDL: tl.constexpr):
+    _after_previous_kernel(PDL)
     r = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     c = tl.arange(0, BLOCK_C)
     channels = c < C
@@ -189,7 +220,7 @@ def convnext_mixer(x, cache, norm_weight, eps, conv_weight, conv_bias, gamma, ff
     _convnext_mixer_kernel[grid](x, cache, norm_weight, conv_weight, conv_bias, gamma, ffn_norm_weight,
                                  out, ffn_in, new_cache, x.shape[1], x.shape[2], eps, ffn_eps, *strides,
                                  WIDTH=width, BLOCK_W=triton.next_power_of_2(width), BLOCK_T=block_t,
-                                 BLOCK_C=block_c, num_warps=warps)
+                                 BLOCK_C=block_c, num_warps=warps, **_dependent_launch(x.device))
     return out, ffn_in, new_cache
 
 
@@ -211,7 +242,7 @@ def convnext_ffn(x1, ffn_in, linear1_weight, linear1_bias, linear2_weight, linea
         flat_x1, flat_in, linear1_weight, linear1_bias, linear2_weight, linear2_bias, ffn_gamma, out, rows, channels,
         hidden, BLOCK_T=block_t, BLOCK_C=max(16, triton.next_power_of_2(channels)),
         BLOCK_H=_hidden_block(hidden_tile, hidden, x1.dtype), DOT_FP32=x1.dtype == torch.float32 or INTERPRETED,
-        num_warps=warps, num_stages=stages)
+        num_warps=warps, num_stages=stages, **_dependent_launch(x1.device))
     return out.view(x1.shape)
 
 
@@ -233,7 +264,8 @@ def convnext_block(x, cache, norm_weight, eps, conv_weight, conv_bias, gamma, ff
                                  new_cache, x.shape[1], channels, hidden, eps, ffn_eps, *strides,
                                  WIDTH=width, BLOCK_W=triton.next_power_of_2(width), BLOCK_T=block_t,
                                  BLOCK_C=block_c, BLOCK_H=_hidden_block(hidden_tile, hidden, x.dtype),
-                                 DOT_FP32=x.dtype == torch.float32 or INTERPRETED, num_warps=warps)
+                                 DOT_FP32=x.dtype == torch.float32 or INTERPRETED, num_warps=warps,
+                                 **_dependent_launch(x.device))
     return out, new_cache
 
 
@@ -262,7 +294,8 @@ def block_kernels(channels: int, rows: int) -> str:
 @triton.jit
 def _modulated_norm_kernel(hidden_ptr, gate_ptr, update_ptr, weight_ptr, shift_ptr, scale_ptr,
                            hidden_out_ptr, normed_ptr, H, eps, modulation_stride,
-                           RESIDUAL: tl.constexpr, WEIGHTED: tl.constexpr, BLOCK: tl.constexpr):
+                           RESIDUAL: tl.constexpr, WEIGHTED: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    _after_previous_kernel(PDL)
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < H
@@ -296,7 +329,7 @@ def _modulated_norm(hidden, gate, update, weight, eps, shift, scale):
     _modulated_norm_kernel[(rows,)](hidden, gate, update.contiguous() if update is not None else None, weight, shift,
                                     scale, hidden_out, normed, width, eps, shift.stride(0),
                                     RESIDUAL=gate is not None, WEIGHTED=weight is not None, BLOCK=block,
-                                    num_warps=min(16, max(1, block // 256)))
+                                    num_warps=min(16, max(1, block // 256)), **_dependent_launch(hidden.device))
     return hidden_out, normed
 
 
@@ -312,7 +345,8 @@ def residual_modulated_norm(hidden, gate, update, weight, eps, shift, scale):
 
 
 @triton.jit
-def _silu_mul_kernel(gate_up_ptr, out_ptr, F, BLOCK: tl.constexpr):
+def _silu_mul_kernel(gate_up_ptr, out_ptr, F, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    _after_previous_kernel(PDL)
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < F
@@ -329,13 +363,15 @@ def silu_mul(gate_up):
     gate_up = gate_up.contiguous()
     out = torch.empty(rows, width // 2, dtype=gate_up.dtype, device=gate_up.device)
     block = 1024
-    _silu_mul_kernel[(rows, triton.cdiv(width // 2, block))](gate_up, out, width // 2, BLOCK=block)
+    _silu_mul_kernel[(rows, triton.cdiv(width // 2, block))](gate_up, out, width // 2, BLOCK=block,
+                                                                  **_dependent_launch(gate_up.device))
     return out
 
 
 @triton.jit
 def _guided_update_kernel(v_ptr, x_ptr, previous_ptr, cfg_ptr, coefficients_ptr, x_out_ptr, x0_ptr,
-                          B, D, coefficients_stride, BLOCK: tl.constexpr):
+                          B, D, coefficients_stride, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    _after_previous_kernel(PDL)
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < D
@@ -363,7 +399,7 @@ def guided_update(v, x, previous_x0, cfg, coefficients):
     x_out, x0 = torch.empty_like(x), torch.empty_like(x)
     _guided_update_kernel[(rows,)](v.contiguous(), x.contiguous(), previous_x0.contiguous(), cfg.contiguous(),
                                    coefficients, x_out, x0, rows, width, coefficients.stride(0),
-                                   BLOCK=triton.next_power_of_2(width))
+                                   BLOCK=triton.next_power_of_2(width), **_dependent_launch(x.device))
     return x_out, x0
 
 
@@ -372,7 +408,8 @@ def guided_update(v, x, previous_x0, cfg, coefficients):
 
 @triton.jit
 def _rotary_kv_write_kernel(qkv_ptr, cos_ptr, sin_ptr, positions_ptr, q_ptr, keys_ptr, values_ptr,
-                            HEADS, KV_HEADS, skr, skh, skt, svr, svh, svt, D: tl.constexpr):
+                            HEADS, KV_HEADS, skr, skh, skt, svr, svh, svt, D: tl.constexpr, PDL: tl.constexpr):
+    _after_previous_kernel(PDL)
     row, head = tl.program_id(0), tl.program_id(1)
     i = tl.arange(0, D)
     dtype = q_ptr.dtype.element_ty
@@ -400,14 +437,16 @@ def rotary_kv_write(qkv, cos, sin, keys, values, positions, heads: int, kv_heads
     q = torch.empty(rows, heads, 1, head_dim, dtype=qkv.dtype, device=qkv.device)
     _rotary_kv_write_kernel[(rows, heads + kv_heads)](qkv.contiguous(), cos.contiguous(), sin.contiguous(),
                                                       positions, q, keys, values, heads, kv_heads,
-                                                      *keys.stride()[:3], *values.stride()[:3], D=head_dim)
+                                                      *keys.stride()[:3], *values.stride()[:3], D=head_dim,
+                                                      **_dependent_launch(qkv.device))
     return q
 
 
 @triton.jit
 def _attend_kernel(q_ptr, keys_ptr, values_ptr, positions_ptr, out_ptr, T, scale,
                    skr, skh, skt, svr, svh, svt, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr,
-                   BLOCK_N: tl.constexpr, DOT_FP32: tl.constexpr):
+                   BLOCK_N: tl.constexpr, DOT_FP32: tl.constexpr, PDL: tl.constexpr):
+    _after_previous_kernel(PDL)
     row, kv = tl.program_id(0), tl.program_id(1)
     g = tl.arange(0, BLOCK_G)
     d = tl.arange(0, D)
@@ -452,7 +491,8 @@ def attend(q, keys, values, mask, positions, scale: float):
     group = heads // kv_heads
     _attend_kernel[(rows, kv_heads)](q, keys, values, positions, out, context, scale, *keys.stride()[:3],
                                      *values.stride()[:3], GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
-                                     D=head_dim, BLOCK_N=64, DOT_FP32=q.dtype == torch.float32 or INTERPRETED)
+                                     D=head_dim, BLOCK_N=64, DOT_FP32=q.dtype == torch.float32 or INTERPRETED,
+                                     **_dependent_launch(q.device))
     return out
 
 
@@ -514,11 +554,12 @@ def _few_rows_linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, residual_ptr, laye
                             squares_ptr, M, N, K, eps, split_inner, NORM: tl.constexpr, GLU: tl.constexpr,
                             GELU: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                             LAYER_SCALE: tl.constexpr, SPLIT: tl.constexpr, DOT_FP32: tl.constexpr,
-                            ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                            ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     """Outputs n (and N + n with GLU) of rows m over the inner range of split program_id(1): the weight tile is the
     product's wide side, so each program streams [BLOCK_N, BLOCK_K] weight tiles against x's few rows. The
     RMSNorm's per-row factor is taken out of the product: (x * norm weight) @ W, times the inverse root mean square
     of x, whose squares are summed over the same tiles (no pass over x before the weights)."""
+    _after_previous_kernel(PDL)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     m = tl.arange(0, ROWS)
     outputs, rows = n < N, m < M
@@ -562,7 +603,8 @@ def _few_rows_linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, residual_ptr, laye
 def _few_rows_reduce_kernel(partial_ptr, squares_ptr, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr, M, N, K, eps,
                             splits, NORM: tl.constexpr, GLU: tl.constexpr, GELU: tl.constexpr, HAS_BIAS: tl.constexpr,
                             HAS_RESIDUAL: tl.constexpr, LAYER_SCALE: tl.constexpr, ROWS: tl.constexpr,
-                            BLOCK_N: tl.constexpr):
+                            BLOCK_N: tl.constexpr, PDL: tl.constexpr):
+    _after_previous_kernel(PDL)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     m = tl.arange(0, ROWS)
     outputs = n < N
@@ -614,15 +656,16 @@ def few_rows_linear(x, weight, bias=None, *, norm=None, activation=None, residua
     flags = dict(NORM=norm is not None, GLU=glu, GELU=activation == "gelu", HAS_BIAS=bias is not None,
                  HAS_RESIDUAL=residual is not None, LAYER_SCALE=layer_scale is not None, ROWS=FEW_ROWS)
     norm_weight, eps = norm if norm is not None else (None, 0.0)
+    launch_options = _dependent_launch(x.device)
     _few_rows_linear_kernel[(triton.cdiv(outputs, block_n), splits)](
         x, norm_weight, weight, bias, residual, layer_scale, out, partial, squares, rows, outputs, inner, eps,
         split_inner, SPLIT=splits > 1, DOT_FP32=x.dtype == torch.float32 or INTERPRETED, BLOCK_N=block_n,
-        BLOCK_K=block_k, num_warps=warps, num_stages=stages, **flags)
+        BLOCK_K=block_k, num_warps=warps, num_stages=stages, **flags, **launch_options)
     if splits > 1:
         reduce_block = 64
         _few_rows_reduce_kernel[(triton.cdiv(outputs, reduce_block),)](
             partial, squares, bias, residual, layer_scale, out, rows, outputs, inner, eps, splits,
-            BLOCK_N=reduce_block, **flags)
+            BLOCK_N=reduce_block, **flags, **launch_options)
     return out
 
 
@@ -642,10 +685,9 @@ def few_rows_launch(weight: torch.Tensor, glu: bool, norm: bool) -> tuple[int, i
             stages)
 
 
-@functools.cache
 def _processors(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device; 1 elsewhere (Triton's interpreter)."""
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    return _properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 # --- 8-bit linears (engine.quantize; its torch twin is engine.quantize.linear's CPU path)
@@ -662,10 +704,11 @@ WIDE_INPUTS = 8192  # at least this many inputs: 512 per step
 @triton.jit
 def _scaled_linear_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, residual_ptr, out_ptr, M, N, K,
                           HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, DOT_FP32: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     """out = x @ (w * scale)ᵀ (+ bias) (+ residual) for an 8-bit w [N, K] with one float32 scale per output: the
     8-bit values multiplied in x's dtype (where they are exact) or float32, summed in float32, scaled, rounded once;
     bias and residual then added as PyTorch adds them (each rounded)."""
+    _after_previous_kernel(PDL)
     m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows, outputs = m < M, n < N
@@ -704,7 +747,7 @@ def scaled_linear(x, weight, scale, bias=None, residual=None, *, launch: tuple[i
         flat, weight, scale, bias, None if residual is None else residual.reshape(rows, outputs).contiguous(), out,
         rows, outputs, inner, HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
         DOT_FP32=x.dtype == torch.float32 or INTERPRETED, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        num_warps=warps)
+        num_warps=warps, **_dependent_launch(x.device))
     return out.view(*x.shape[:-1], outputs)
 
 

@@ -1,10 +1,11 @@
 """Where a captured frame's time goes: each piece of the frame captured as its own CUDA graph and replayed.
 
-    python perf/profile_frame.py --size 1.5B --slots 1 64 [--kernels 12]
+    python perf/profile_frame.py --size 1.5B --slots 1 64 [--kernels 12] [--no-dependent-launch]
 
 Times are GPU times of graph replays (no launch overhead), bf16, random weights, attended context 512. With
 --kernels N, each piece also runs once eagerly under the profiler: its kernel count, the sum of its kernels' GPU
-times (against the replay: the rest is the gaps between kernels) and its N costliest kernels.
+times (against the replay: the rest is the gaps between kernels) and its N costliest kernels. Under programmatic
+dependent launch (the default), it first checks that each piece's replays equal, bit for bit, its replays without.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import argparse
 
 import torch
 
+from engine import triton_kernels
 from engine.checkpoint import random_checkpoint
 from engine.config import HOP_SAMPLES
 from engine.network import StreamingConvStep
@@ -51,6 +53,40 @@ def launch_timings(run, launches, calls: int) -> dict:
             continue
         timings[launch] = replay_ms(lambda: run(launch)) * 1000 / calls
     return timings
+
+
+def flat_tensors(result) -> list[torch.Tensor]:
+    if isinstance(result, torch.Tensor):
+        return [result]
+    return [t for item in result for t in flat_tensors(item)]
+
+
+def graph_outputs(fn) -> list[torch.Tensor]:
+    """fn's outputs as a replay of its captured graph leaves them."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = flat_tensors(fn())
+    graph.replay()
+    torch.cuda.synchronize()
+    return outputs
+
+
+def launch_differences(parts: dict) -> str:
+    """The pieces whose graph replays under programmatic dependent launch differ (in any bit) from replays without
+    it: a kernel that touched memory before waiting for the kernel before would show here."""
+    differ = []
+    for name, fn in parts.items():
+        triton_kernels.DEPENDENT_LAUNCH = False
+        expected = [t.clone() for t in graph_outputs(fn)]
+        triton_kernels.DEPENDENT_LAUNCH = True
+        if not all(torch.equal(a, b) for a, b in zip(expected, graph_outputs(fn), strict=True)):
+            differ.append(name)
+    return ", ".join(differ) or "none"
 
 
 def kernel_table(fn, top: int) -> str:
@@ -99,6 +135,8 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--compile", action="store_true", help="the pieces as TorchRuntime(compile=True) runs them")
     parser.add_argument("--kernels", type=int, default=0, help="list each piece's N costliest kernels")
+    parser.add_argument("--no-dependent-launch", action="store_true",
+                        help="the Triton kernels without programmatic dependent launch")
     args = parser.parse_args()
     checkpoint = random_checkpoint(args.size, device="cuda")
     rt = TorchRuntime(checkpoint, "cuda", torch.bfloat16, compile=args.compile)
@@ -129,6 +167,10 @@ def main() -> None:
         }
         print(f"slots {n}: tokenizer steps against transformers' modules, relative error: "
               f"{tokenizer_errors(rt, checkpoint.model.model, n)}")
+        if not args.no_dependent_launch:
+            print(f"slots {n}: pieces whose replays under dependent launch differ from replays without: "
+                  f"{launch_differences(parts)}")
+        triton_kernels.DEPENDENT_LAUNCH = not args.no_dependent_launch
         times = {name: replay_ms(fn) for name, fn in parts.items()}
         print(f"slots {n}: " + ", ".join(f"{name} {ms:.2f}" for name, ms in times.items())
               + f"; sum {sum(times.values()):.2f}")
