@@ -7,6 +7,8 @@ x1 + ffn_gamma * linear2(gelu(linear1(rms_norm(x1)))), the depthwise convolution
 - convnext_mixer: its first half in one pass: x1, the FFN's input rms_norm(x1) and the new cache. PyTorch needs a
   norm, a concatenation, a layout copy, the convolution, a residual and a second norm; its norm kernel is also slow
   on the many short rows (32-256 channels) of the high-rate stages.
+  A program normalises the convolution's input rows once, as one window (its rows and the `width` before them),
+  and picks each tap's rows out of it with a product by a 0/1 shift matrix on the tensor cores.
 - convnext_block: the whole block in one pass, for narrow blocks (at most BLOCK_MAX_CHANNELS channels): the FFN's
   4x-wide hidden rows stay on chip, where PyTorch writes and reads them three times. These are the blocks with many
   rows (up to 3200 per stream and frame), which dominate the tokenizers' bytes at many streams.
@@ -28,7 +30,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 # Launches by block width (the entry for the least width >= the block's, the widest past them all), chosen on an
 # H200 with perf/tune_block_kernel.py at 1 to 64 streams:
 # convnext_mixer's: rows per program, warps (about 2048 elements per program)
-MIXER_LAUNCH = {32: (16, 4), 64: (32, 4), 128: (16, 4), 256: (4, 4), 512: (4, 4), 1024: (2, 4), 2048: (1, 8)}
+MIXER_LAUNCH = {32: (16, 4), 64: (32, 4), 128: (16, 4), 256: (16, 8), 512: (4, 4), 1024: (2, 4), 2048: (1, 8)}
 # convnext_block's: rows per program, FFN hidden units per inner step, warps
 BLOCK_LAUNCH = {32: (16, 64, 4), 64: (16, 64, 4), 128: (16, 64, 8)}
 BLOCK_MAX_CHANNELS = max(BLOCK_LAUNCH)  # wider blocks have few rows and megabytes of FFN weights: cuBLAS runs them
@@ -69,38 +71,65 @@ def _properties(device: torch.device):
 
 
 @triton.jit
+def _normed_rows(x_ptr, cache_ptr, norm_w, b, src, live, c, channels, C, eps, sxb, sxt, scb, sct, scc,
+                 WIDTH: tl.constexpr):
+    """Rows `src` (where `live`) of [cache, rms_norm(x)] for batch b, the cache's WIDTH rows at src < 0, as float32
+    values of x's dtype: the depthwise convolution's input."""
+    dtype = x_ptr.dtype.element_ty
+    from_x = src >= 0
+    x_mask = (live & from_x)[:, None] & channels[None, :]
+    xr = tl.load(x_ptr + b * sxb + src[:, None] * sxt + c[None, :], mask=x_mask, other=0.0).to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(xr * xr, axis=1) / C + eps)
+    h = (xr * rstd[:, None] * norm_w[None, :]).to(dtype).to(tl.float32)
+    cache_mask = (live & (src < 0))[:, None] & channels[None, :]
+    cr = tl.load(cache_ptr + b * scb + (src + WIDTH)[:, None] * sct + c[None, :] * scc, mask=cache_mask,
+                 other=0.0).to(tl.float32)
+    return tl.where(from_x[:, None], h, cr)
+
+
+@triton.jit
 def _mix(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr, gamma_ptr, ffn_norm_w_ptr, new_cache_ptr,
-         b, t, c, T, C, eps, ffn_eps, sxb, sxt, scb, sct, scc,
-         WIDTH: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Rows t of batch b: (x1, ffn_in) as [len(t), len(c)] tiles in x's dtype; writes those rows' new cache."""
+         b, first, c, T, C, eps, ffn_eps, sxb, sxt, scb, sct, scc,
+         WIDTH: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+         WINDOW: tl.constexpr, DOT_FP32: tl.constexpr):
+    """Rows first + [0, BLOCK_T) of batch b: (x1, ffn_in) as [BLOCK_T, BLOCK_C] tiles in x's dtype; writes those rows'
+    new cache. With WINDOW (a power of two >= BLOCK_T + WIDTH; 0: none) the convolution's input rows are
+    normalised once, as one window, and each tap's rows picked out of it by a product with a 0/1 shift matrix
+    (exact: one term per sum); without, each tap normalises its rows again (for row tiles below tl.dot's 16)."""
+    t = first + tl.arange(0, BLOCK_T)
     rows, channels = t < T, c < C
     dtype = x_ptr.dtype.element_ty
     norm_w = tl.load(norm_w_ptr + c, mask=channels, other=0.0).to(tl.float32)
     acc = tl.zeros((BLOCK_T, BLOCK_C), dtype=tl.float32)
-    x_self = tl.zeros((BLOCK_T, BLOCK_C), dtype=tl.float32)
+    h_self = tl.zeros((BLOCK_T, BLOCK_C), dtype=tl.float32)
+    if WINDOW:
+        operand = tl.float32 if DOT_FP32 else dtype
+        j = tl.arange(0, WINDOW)  # window row j is row first - WIDTH + j of [cache, h]
+        src = first - WIDTH + j
+        window = _normed_rows(x_ptr, cache_ptr, norm_w, b, src, src < T, c, channels, C, eps, sxb, sxt, scb, sct,
+                              scc, WIDTH).to(operand)
+        i = tl.arange(0, BLOCK_T)
     for k in tl.static_range(WIDTH + 1):  # tap k reads row t + k - WIDTH of [cache, h]
-        src = t + (k - WIDTH)
-        from_x = src >= 0
-        x_mask = (rows & from_x)[:, None] & channels[None, :]
-        xr = tl.load(x_ptr + b * sxb + src[:, None] * sxt + c[None, :], mask=x_mask, other=0.0).to(tl.float32)
-        rstd = tl.rsqrt(tl.sum(xr * xr, axis=1) / C + eps)
-        h = (xr * rstd[:, None] * norm_w[None, :]).to(dtype).to(tl.float32)
-        cache_mask = (rows & (src < 0))[:, None] & channels[None, :]
-        cr = tl.load(cache_ptr + b * scb + (src + WIDTH)[:, None] * sct + c[None, :] * scc, mask=cache_mask,
-                     other=0.0).to(tl.float32)
-        h = tl.where(from_x[:, None], h, cr)
+        if WINDOW:
+            shift = (j[None, :] == (i + k)[:, None]).to(operand)
+            h = tl.dot(shift, window, input_precision="ieee" if DOT_FP32 else None)
+        else:
+            h = _normed_rows(x_ptr, cache_ptr, norm_w, b, t + (k - WIDTH), rows, c, channels, C, eps, sxb, sxt, scb,
+                             sct, scc, WIDTH)
         tap = tl.load(conv_w_ptr + c * (WIDTH + 1) + k, mask=channels, other=0.0).to(tl.float32)
         acc += h * tap[None, :]
-        if k == WIDTH:  # the row itself: kept for the residual, and in the new cache if among the last WIDTH rows
-            x_self = xr
-            slot = t - T + WIDTH
-            keep = (rows & (slot >= 0))[:, None] & channels[None, :]
-            tl.store(new_cache_ptr + b * WIDTH * C + slot[:, None] * C + c[None, :], h.to(dtype), mask=keep)
+        if k == WIDTH:
+            h_self = h
+    slot = t - T + WIDTH  # a row among the last WIDTH rows goes into the new cache
+    keep = (rows & (slot >= 0))[:, None] & channels[None, :]
+    tl.store(new_cache_ptr + b * WIDTH * C + slot[:, None] * C + c[None, :], h_self.to(dtype), mask=keep)
     if tl.program_id(1) == 0:  # a chunk shorter than the cache keeps the cache's newest rows in front
         r = tl.arange(0, BLOCK_W)
         old = (r < WIDTH - T)[:, None] & channels[None, :]
         kept = tl.load(cache_ptr + b * scb + (r + T)[:, None] * sct + c[None, :] * scc, mask=old, other=0.0)
         tl.store(new_cache_ptr + b * WIDTH * C + r[:, None] * C + c[None, :], kept.to(dtype), mask=old)
+    x_self = tl.load(x_ptr + b * sxb + t[:, None] * sxt + c[None, :], mask=rows[:, None] & channels[None, :],
+                     other=0.0).to(tl.float32)
     bias = tl.load(conv_b_ptr + c, mask=channels, other=0.0).to(tl.float32)
     gamma = tl.load(gamma_ptr + c, mask=channels, other=0.0).to(tl.float32)
     mixed = (acc + bias[None, :]).to(dtype).to(tl.float32)
@@ -116,14 +145,14 @@ def _convnext_mixer_kernel(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr,
                            out_ptr, ffn_in_ptr, new_cache_ptr,
                            T, C, eps, ffn_eps, sxb, sxt, scb, sct, scc,
                            WIDTH: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
-                           PDL: tl.constexpr):
+                           WINDOW: tl.constexpr, DOT_FP32: tl.constexpr, PDL: tl.constexpr):
     _after_previous_kernel(PDL)
-    b = tl.program_id(0)
-    t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    b, first = tl.program_id(0), tl.program_id(1) * BLOCK_T
+    t = first + tl.arange(0, BLOCK_T)
     c = tl.arange(0, BLOCK_C)
     x1, ffn_in = _mix(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr, gamma_ptr, ffn_norm_w_ptr,
-                      new_cache_ptr, b, t, c, T, C, eps, ffn_eps, sxb, sxt, scb, sct, scc, WIDTH, BLOCK_W,
-                      BLOCK_T, BLOCK_C)
+                      new_cache_ptr, b, first, c, T, C, eps, ffn_eps, sxb, sxt, scb, sct, scc, WIDTH, BLOCK_W,
+                      BLOCK_T, BLOCK_C, WINDOW, DOT_FP32)
     mask = (t < T)[:, None] & (c < C)[None, :]
     offsets = b * T * C + t[:, None] * C + c[None, :]
     tl.store(out_ptr + offsets, x1, mask=mask)
@@ -164,15 +193,15 @@ def _convnext_block_kernel(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr,
                            w1_ptr, b1_ptr, w2_ptr, b2_ptr, ffn_gamma_ptr, out_ptr, new_cache_ptr,
                            T, C, HIDDEN, eps, ffn_eps, sxb, sxt, scb, sct, scc,
                            WIDTH: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
-                           BLOCK_H: tl.constexpr, DOT_FP32: tl.constexpr, PDL: tl.constexpr):
+                           BLOCK_H: tl.constexpr, WINDOW: tl.constexpr, DOT_FP32: tl.constexpr, PDL: tl.constexpr):
     _after_previous_kernel(PDL)
-    b = tl.program_id(0)
-    t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    b, first = tl.program_id(0), tl.program_id(1) * BLOCK_T
+    t = first + tl.arange(0, BLOCK_T)
     c = tl.arange(0, BLOCK_C)
     channels = c < C
     x1, ffn_in = _mix(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr, gamma_ptr, ffn_norm_w_ptr,
-                      new_cache_ptr, b, t, c, T, C, eps, ffn_eps, sxb, sxt, scb, sct, scc, WIDTH, BLOCK_W,
-                      BLOCK_T, BLOCK_C)
+                      new_cache_ptr, b, first, c, T, C, eps, ffn_eps, sxb, sxt, scb, sct, scc, WIDTH, BLOCK_W,
+                      BLOCK_T, BLOCK_C, WINDOW, DOT_FP32)
     y = _ffn(ffn_in, c, channels, w1_ptr, b1_ptr, w2_ptr, b2_ptr, C, HIDDEN, BLOCK_T, BLOCK_C, BLOCK_H, DOT_FP32)
     out = _ffn_residual(x1, y, c, channels, ffn_gamma_ptr)
     tl.store(out_ptr + b * T * C + t[:, None] * C + c[None, :], out, mask=(t < T)[:, None] & channels[None, :])
@@ -195,8 +224,8 @@ def _convnext_ffn_kernel(x1_ptr, ffn_in_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, ffn
 
 
 def _prepare(x, cache, rows: int, min_block: int = 1):
-    """(x with contiguous rows, the new cache's buffer, BLOCK_T, BLOCK_C, grid, cache-side launch arguments), with at
-    most `rows` rows per program and blocks of at least `min_block`."""
+    """(x with contiguous rows, the new cache's buffer, grid, the strides, the launch options _mix's kernels share),
+    with at most `rows` rows per program and blocks of at least `min_block`."""
     batch, frames, channels = x.shape
     width = cache.shape[1]
     x = x if x.stride(-1) == 1 and x.stride(1) == channels else x.contiguous()
@@ -205,7 +234,10 @@ def _prepare(x, cache, rows: int, min_block: int = 1):
     block_t = max(min_block, min(triton.next_power_of_2(frames), rows))
     grid = (batch, triton.cdiv(frames, block_t))
     strides = (x.stride(0), x.stride(1), *cache.stride())
-    return x, new_cache, block_t, block_c, grid, strides
+    window = triton.next_power_of_2(block_t + width) if min(block_t, block_c) >= 16 else 0  # tl.dot's least: 16
+    options = dict(WIDTH=width, BLOCK_W=triton.next_power_of_2(width), BLOCK_T=block_t, BLOCK_C=block_c,
+                   WINDOW=window, DOT_FP32=x.dtype == torch.float32 or INTERPRETED, **_dependent_launch(x.device))
+    return x, new_cache, grid, strides, options
 
 
 def convnext_mixer(x, cache, norm_weight, eps, conv_weight, conv_bias, gamma, ffn_norm_weight, ffn_eps, *,
@@ -214,13 +246,11 @@ def convnext_mixer(x, cache, norm_weight, eps, conv_weight, conv_bias, gamma, ff
     (x1 [B, T, C], ffn_in [B, T, C], new cache [B, W, C]); see the module's docstring. `launch` (rows per program,
     warps) overrides MIXER_LAUNCH's (perf/tune_block_kernel.py)."""
     rows, warps = launch or launch_for(MIXER_LAUNCH, x.shape[-1])
-    x, new_cache, block_t, block_c, grid, strides = _prepare(x, cache, rows)
+    x, new_cache, grid, strides, options = _prepare(x, cache, rows)
     out, ffn_in = torch.empty_like(x), torch.empty_like(x)
-    width = cache.shape[1]
     _convnext_mixer_kernel[grid](x, cache, norm_weight, conv_weight, conv_bias, gamma, ffn_norm_weight,
                                  out, ffn_in, new_cache, x.shape[1], x.shape[2], eps, ffn_eps, *strides,
-                                 WIDTH=width, BLOCK_W=triton.next_power_of_2(width), BLOCK_T=block_t,
-                                 BLOCK_C=block_c, num_warps=warps, **_dependent_launch(x.device))
+                                 num_warps=warps, **options)
     return out, ffn_in, new_cache
 
 
@@ -256,16 +286,13 @@ def convnext_block(x, cache, norm_weight, eps, conv_weight, conv_bias, gamma, ff
     if channels > BLOCK_MAX_CHANNELS:
         raise ValueError(f"convnext_block takes at most {BLOCK_MAX_CHANNELS} channels, not {channels}")
     rows, hidden_tile, warps = launch or launch_for(BLOCK_LAUNCH, channels)
-    x, new_cache, block_t, block_c, grid, strides = _prepare(x, cache, rows, min_block=16)  # tl.dot's least: 16
+    x, new_cache, grid, strides, options = _prepare(x, cache, rows, min_block=16)  # tl.dot's least: 16
     out = torch.empty_like(x)
-    width, hidden = cache.shape[1], linear1_weight.shape[0]
+    hidden = linear1_weight.shape[0]
     _convnext_block_kernel[grid](x, cache, norm_weight, conv_weight, conv_bias, gamma, ffn_norm_weight,
                                  linear1_weight, linear1_bias, linear2_weight, linear2_bias, ffn_gamma, out,
                                  new_cache, x.shape[1], channels, hidden, eps, ffn_eps, *strides,
-                                 WIDTH=width, BLOCK_W=triton.next_power_of_2(width), BLOCK_T=block_t,
-                                 BLOCK_C=block_c, BLOCK_H=_hidden_block(hidden_tile, hidden, x.dtype),
-                                 DOT_FP32=x.dtype == torch.float32 or INTERPRETED, num_warps=warps,
-                                 **_dependent_launch(x.device))
+                                 BLOCK_H=_hidden_block(hidden_tile, hidden, x.dtype), num_warps=warps, **options)
     return out, new_cache
 
 

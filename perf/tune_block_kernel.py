@@ -7,9 +7,9 @@ For the blocks of VibeVoice's decoder stages (channels x rows per stream and fra
 256x200, 512x40, 1024x8, 2048x1), bf16, random weights: microseconds per block (CUDA graph replays over blocks on
 distinct inputs, as many as fill more than the L2 cache, so that no block finds its input there) of
   - convnext_mixer then convnext_ffn: every launch of each (the FFN timed on the best mixer's outputs), the best;
-  - convnext_block (the whole block in one kernel) as configured, for the widths it takes;
-to set engine.triton_kernels' MIXER_LAUNCH, FFN_LAUNCH and the choice between the two paths. Launches that need
-more shared memory or registers than the GPU has are skipped.
+  - convnext_block (the whole block in one kernel), for the widths it takes: as configured, every launch, the best;
+to set engine.triton_kernels' MIXER_LAUNCH, FFN_LAUNCH, BLOCK_LAUNCH and the choice between the paths. Launches that
+need more shared memory or registers than the GPU has are skipped.
 """
 from __future__ import annotations
 
@@ -30,8 +30,11 @@ L2_BYTES = 64 << 20  # above the H200's 50 MiB
 MOST_COPIES = 16
 # the launches worth timing (a sweep of rows 16-128, hidden tiles 32-128, 4 or 8 warps and 2 or 3 stages on an H200
 # found the rest slower at every width: perf/results/2026-11-25_tune_block_kernel_split.txt)
-MIXER_LAUNCHES = [(1, 4), (1, 8), (2, 4), (2, 8), (4, 4), (4, 8), (8, 4), (8, 8), (16, 4), (16, 8), (32, 4), (32, 8)]
+MIXER_LAUNCHES = [(1, 4), (1, 8), (2, 4), (2, 8), (4, 4), (4, 8), (8, 4), (8, 8), (16, 4), (16, 8), (32, 4), (32, 8),
+                  (64, 4), (64, 8)]
 FFN_LAUNCHES = [(64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 4, 2), (128, 32, 8, 3), (128, 64, 8, 2), (32, 64, 8, 2)]
+BLOCK_LAUNCHES = [(16, 64, 4), (16, 64, 8), (32, 64, 4), (32, 64, 8), (32, 32, 4), (64, 64, 8), (16, 128, 8),
+                  (32, 128, 8)]
 
 
 def main() -> None:
@@ -90,7 +93,11 @@ def main() -> None:
             sweeps.append(("ffn", ffn_us))
         if channels <= triton_kernels.BLOCK_MAX_CHANNELS:
             whole = per_block_us(lambda x: triton_kernels.convnext_block(x, cache, *mixer, *ffn), [(x,) for x in xs])
-            line += f"; convnext_block as configured {whole:.1f} us"
+            best_block, block_us = sweep(BLOCK_LAUNCHES, lambda x, launch: triton_kernels.convnext_block(
+                x, cache, *mixer, *ffn, launch=launch), [(x,) for x in xs])
+            line += (f"; convnext_block as configured {whole:.1f} us, {block_us[best_block]:.1f} us at (rows, "
+                     f"hidden tile, warps) = {best_block}")
+            sweeps.append(("block", block_us))
         print(line, flush=True)
         for name, timings in sweeps:
             print(f"    {name}: " + "  ".join(f"{key}:{us:.0f}" for key, us in sorted(timings.items())), flush=True)

@@ -17,11 +17,12 @@ def kernels():
     return importlib.import_module("engine.triton_kernels")
 
 
-@pytest.mark.parametrize("frames, channels", [(1, 48), (3, 16), (6, 8), (40, 12), (300, 4)])
+@pytest.mark.parametrize("frames, channels", [(1, 48), (3, 16), (6, 8), (40, 12), (100, 32), (300, 4)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_convnext_mixer_equals_the_torch_ops(kernels, frames, channels, dtype):
     """Chunks shorter than, as long as and longer than the cache (width 6), channels not a power of two, and the
-    cache as the engine holds it (a transposed view)."""
+    cache as the engine holds it (a transposed view); tiles of 16 rows and more (40x12, 100x32) take the
+    convolution's rows from one normalised window, the others normalise each tap's rows."""
     generator = torch.Generator().manual_seed(frames * channels)
 
     def rand(*shape, scale=1.0):
