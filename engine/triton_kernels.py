@@ -46,9 +46,6 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # for it (griddepcontrol.wait) before touching anything another kernel writes or reads, so its launch hides behind
 # the previous kernel's tail. perf/profile_frame.py --no-dependent-launch measures without it.
 DEPENDENT_LAUNCH = True
-# Work split over several programs is summed by the program that finishes last (_last_arrival), which counts
-# arrivals on one of these counters per output tile
-ARRIVAL_COUNTERS = 4096
 
 
 @triton.jit
@@ -71,29 +68,6 @@ def _dependent_launch(device: torch.device) -> dict:
 @functools.cache
 def _properties(device: torch.device):
     return torch.cuda.get_device_properties(device)
-
-
-@triton.jit
-def _last_arrival(counter_ptr, count):
-    """True in the last of the `count` programs that call this on one counter, to which every store those programs
-    made before their call is visible (each arrives with a gpu-scope release, the last acquires); that program
-    also sets the counter back to zero for the next launch. Its loads of those stores must bypass L1 (".cg")."""
-    tl.debug_barrier()  # the program's threads have all made their stores before one of them arrives
-    arrived = tl.atomic_add(counter_ptr, 1, sem="acq_rel")
-    last = arrived == count - 1
-    if last:
-        tl.store(counter_ptr, 0)
-    return last
-
-
-@functools.cache
-def _arrival_counters(device: torch.device) -> torch.Tensor:
-    """_last_arrival's counters on `device` (zero between launches). Made once, before any CUDA graph capture (a
-    capture records, it does not run); shared by every launch on the device, so kernels that split their work must
-    not run on two streams at once (the engine's frame runs on one)."""
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        raise RuntimeError("split kernels must run once before a CUDA graph capture (their counters are made then)")
-    return torch.zeros(ARRIVAL_COUNTERS, dtype=torch.int32, device=device)
 
 
 @triton.jit
@@ -459,8 +433,6 @@ def guided_update(v, x, previous_x0, cfg, coefficients):
 # --- the cached LM step's rotary embedding and KV write, and its attention (engine.network.cached_decoder_layer;
 # their torch twins are engine.network's functions of the same names)
 
-ATTEND_BLOCK = 64  # positions per step of the attention's online softmax
-
 @triton.jit
 def _rotary_kv_write_kernel(qkv_ptr, cos_ptr, sin_ptr, positions_ptr, q_ptr, keys_ptr, values_ptr,
                             HEADS, KV_HEADS, skr, skh, skt, svr, svh, svt, D: tl.constexpr, PDL: tl.constexpr):
@@ -498,15 +470,11 @@ def rotary_kv_write(qkv, cos, sin, keys, values, positions, heads: int, kv_heads
 
 
 @triton.jit
-def _attend_kernel(q_ptr, keys_ptr, values_ptr, positions_ptr, out_ptr, best_ptr, total_ptr, acc_ptr, counters_ptr,
-                   T, chunk, scale, skr, skh, skt, svr, svh, svt, GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
-                   D: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, DOT_FP32: tl.constexpr,
-                   PDL: tl.constexpr):
-    """The query heads that share key/value head program_id(1) of row program_id(0), over the positions of split
-    program_id(2) (`chunk` of them each). Split, each program keeps its online softmax's state (largest score, sum
-    of weights, weighted values) and the last to finish merges them in split order."""
+def _attend_kernel(q_ptr, keys_ptr, values_ptr, positions_ptr, out_ptr, T, scale,
+                   skr, skh, skt, svr, svh, svt, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr,
+                   BLOCK_N: tl.constexpr, DOT_FP32: tl.constexpr, PDL: tl.constexpr):
     _after_previous_kernel(PDL)
-    row, kv, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    row, kv = tl.program_id(0), tl.program_id(1)
     g = tl.arange(0, BLOCK_G)
     d = tl.arange(0, D)
     heads = kv * GROUP + g  # the query heads that share this key/value head
@@ -518,8 +486,7 @@ def _attend_kernel(q_ptr, keys_ptr, values_ptr, positions_ptr, out_ptr, best_ptr
     best = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
     total = tl.zeros((BLOCK_G,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_G, D), dtype=tl.float32)
-    # online softmax over this split's live positions, BLOCK_N at a time
-    for start in range(split * chunk, tl.minimum(split * chunk + chunk, length), BLOCK_N):
+    for start in range(0, length, BLOCK_N):  # online softmax over the live context, BLOCK_N positions at a time
         n = start + tl.arange(0, BLOCK_N)
         live = n < length
         k = tl.load(keys_ptr + row * skr + kv * skh + n[:, None] * skt + d[None, :], mask=live[:, None], other=0.0)
@@ -533,35 +500,15 @@ def _attend_kernel(q_ptr, keys_ptr, values_ptr, positions_ptr, out_ptr, best_ptr
         update = tl.dot(weights.to(operand), v.to(operand), input_precision="ieee" if DOT_FP32 else None)
         acc = acc * correction[:, None] + update
         best = new_best
-    done = True
-    if SPLIT:  # split 0 always holds position 0, so the merged largest score is finite
-        state = (row * tl.num_programs(1) + kv) * tl.num_programs(2)
-        tl.store(best_ptr + (state + split) * BLOCK_G + g, best)
-        tl.store(total_ptr + (state + split) * BLOCK_G + g, total)
-        tl.store(acc_ptr + ((state + split) * BLOCK_G + g)[:, None] * D + d[None, :], acc)
-        done = _last_arrival(counters_ptr + row * tl.num_programs(1) + kv, tl.num_programs(2))
-        if done:
-            overall = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
-            for other in range(tl.num_programs(2)):
-                overall = tl.maximum(overall, tl.load(best_ptr + (state + other) * BLOCK_G + g, cache_modifier=".cg"))
-            total = tl.zeros((BLOCK_G,), dtype=tl.float32)
-            acc = tl.zeros((BLOCK_G, D), dtype=tl.float32)
-            for other in range(tl.num_programs(2)):
-                where = (state + other) * BLOCK_G + g
-                weight = tl.exp(tl.load(best_ptr + where, cache_modifier=".cg") - overall)
-                total += tl.load(total_ptr + where, cache_modifier=".cg") * weight
-                acc += tl.load(acc_ptr + where[:, None] * D + d[None, :], cache_modifier=".cg") * weight[:, None]
-    if done:
-        out = acc / total[:, None]
-        tl.store(out_ptr + (row * tl.num_programs(1) * GROUP + heads)[:, None] * D + d[None, :],
-                 out.to(out_ptr.dtype.element_ty), mask=(g < GROUP)[:, None])
+    out = acc / total[:, None]
+    tl.store(out_ptr + (row * tl.num_programs(1) * GROUP + heads)[:, None] * D + d[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=(g < GROUP)[:, None])
 
 
 def attend(q, keys, values, mask, positions, scale: float):
     """Attention of one new token per row: q [R, heads, 1, d] over keys/values [R, kv, T, d] (views, last dimension
     contiguous) at positions <= `positions` [R] (what the additive `mask` [R, 1, 1, T] says too; this kernel reads
-    positions, and only the live part of the cache) -> [R, heads, 1, d]. Where rows x kv heads do not fill the
-    GPU's multiprocessors, the positions are split among programs too (ATTEND_BLOCK at least each)."""
+    positions, and only the live part of the cache) -> [R, heads, 1, d]."""
     rows, heads, _, head_dim = q.shape
     kv_heads, context = keys.shape[1], keys.shape[2]
     if keys.stride(-1) != 1 or values.stride(-1) != 1:
@@ -569,20 +516,10 @@ def attend(q, keys, values, mask, positions, scale: float):
     q = q.contiguous()
     out = torch.empty_like(q)
     group = heads // kv_heads
-    block_g = max(16, triton.next_power_of_2(group))
-    splits = max(1, min(triton.cdiv(_processors(q.device), rows * kv_heads), triton.cdiv(context, ATTEND_BLOCK)))
-    chunk = triton.cdiv(triton.cdiv(context, splits), ATTEND_BLOCK) * ATTEND_BLOCK
-    splits = triton.cdiv(context, chunk)  # no empty split
-    best = total = acc = counters = None
-    if splits > 1:
-        states = rows * kv_heads * splits * block_g
-        best, total = (torch.empty(states, dtype=torch.float32, device=q.device) for _ in range(2))
-        acc = torch.empty(states, head_dim, dtype=torch.float32, device=q.device)
-        counters = _arrival_counters(q.device)
-    _attend_kernel[(rows, kv_heads, splits)](
-        q, keys, values, positions, out, best, total, acc, counters, context, chunk, scale, *keys.stride()[:3],
-        *values.stride()[:3], GROUP=group, BLOCK_G=block_g, D=head_dim, BLOCK_N=ATTEND_BLOCK, SPLIT=splits > 1,
-        DOT_FP32=q.dtype == torch.float32 or INTERPRETED, **_dependent_launch(q.device))
+    _attend_kernel[(rows, kv_heads)](q, keys, values, positions, out, context, scale, *keys.stride()[:3],
+                                     *values.stride()[:3], GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
+                                     D=head_dim, BLOCK_N=64, DOT_FP32=q.dtype == torch.float32 or INTERPRETED,
+                                     **_dependent_launch(q.device))
     return out
 
 
@@ -596,9 +533,9 @@ FEW_ROWS = 16  # tl.dot's least tile side: the rows are padded to it
 # 64 outputs per program, 128 inputs per step (64 for a gate-up product, two tiles a step, and after an RMSNorm),
 # 5 pipeline stages (3 for a gate-up product with more tiles than two per multiprocessor). The inner width is split
 # while the programs do not fill the multiprocessors, down to 1024 inputs a split (the down products; small products
-# lost to the second kernel that summed the splits then); a narrow product after an RMSNorm is split until its
-# programs outnumber the multiprocessors and each split is at most 1024 wide (unsplit, the 1.5B's qkv took 13 us
-# instead of 7, the 7B's 31 instead of 14). The split that finishes last sums the splits (_last_arrival).
+# lose to the extra kernel); a narrow product after an RMSNorm is split until its programs outnumber the
+# multiprocessors and each split is at most 1024 wide (unsplit, the 1.5B's qkv took 13 us instead of 7, the 7B's
+# 31 instead of 14)
 ACTIVATIONS = ("silu_glu", "gelu")
 FEW_ROWS_OUTPUTS, FEW_ROWS_INNER, FEW_ROWS_NARROW_INNER, FEW_ROWS_WARPS = 64, 128, 64, 4
 FEW_ROWS_STAGES, FEW_ROWS_WIDE_GLU_STAGES = 5, 3
@@ -641,7 +578,7 @@ def _few_rows_store(acc, up, n, m, M, N, bias_ptr, residual_ptr, layer_scale_ptr
 
 @triton.jit
 def _few_rows_linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr, partial_ptr,
-                            squares_ptr, counters_ptr, M, N, K, eps, split_inner, NORM: tl.constexpr, GLU: tl.constexpr,
+                            squares_ptr, M, N, K, eps, split_inner, NORM: tl.constexpr, GLU: tl.constexpr,
                             GELU: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                             LAYER_SCALE: tl.constexpr, SPLIT: tl.constexpr, DOT_FP32: tl.constexpr,
                             ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
@@ -673,7 +610,7 @@ def _few_rows_linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, residual_ptr, laye
         if GLU:
             w = tl.load(w_ptr + (N + n)[:, None] * K + k[None, :], mask=outputs[:, None] & inner[None, :], other=0.0)
             up += tl.dot(w.to(operand), xt, input_precision="ieee" if DOT_FP32 else None)
-    if SPLIT:  # float32 sums per split; the split that finishes last adds them up, in split order (deterministic)
+    if SPLIT:  # float32 sums per split, reduced in split order by _few_rows_reduce_kernel
         width = 2 * N if GLU else N
         partial = partial_ptr + tl.program_id(1) * ROWS * width + m[None, :] * width + n[:, None]
         tl.store(partial, acc, mask=outputs[:, None])
@@ -681,53 +618,49 @@ def _few_rows_linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, residual_ptr, laye
             tl.store(partial + N, up, mask=outputs[:, None])
         if NORM:  # every program of the split holds the same squares: any may write them
             tl.store(squares_ptr + tl.program_id(1) * ROWS + m, squares)
-        if _last_arrival(counters_ptr + tl.program_id(0), tl.num_programs(1)):
-            acc, up, squares = _split_sums(partial_ptr, squares_ptr, n, m, outputs, N, tl.num_programs(1), NORM, GLU,
-                                           ROWS, BLOCK_N)
-            _few_rows_finish(acc, up, squares, n, m, M, N, K, eps, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr,
-                             NORM, HAS_BIAS, GLU, GELU, HAS_RESIDUAL, LAYER_SCALE)
     else:
-        _few_rows_finish(acc, up, squares, n, m, M, N, K, eps, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr,
-                         NORM, HAS_BIAS, GLU, GELU, HAS_RESIDUAL, LAYER_SCALE)
+        if NORM:
+            inverse = tl.rsqrt(squares / K + eps)[None, :]
+            acc, up = acc * inverse, up * inverse
+        _few_rows_store(acc, up, n, m, M, N, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr, HAS_BIAS, GLU,
+                        GELU, HAS_RESIDUAL, LAYER_SCALE)
 
 
 @triton.jit
-def _split_sums(partial_ptr, squares_ptr, n, m, outputs, N, splits, NORM: tl.constexpr, GLU: tl.constexpr,
-                ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The splits' float32 sums for outputs n of rows m (and up's, and the squares), added in split order."""
+def _few_rows_reduce_kernel(partial_ptr, squares_ptr, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr, M, N, K, eps,
+                            splits, NORM: tl.constexpr, GLU: tl.constexpr, GELU: tl.constexpr, HAS_BIAS: tl.constexpr,
+                            HAS_RESIDUAL: tl.constexpr, LAYER_SCALE: tl.constexpr, ROWS: tl.constexpr,
+                            BLOCK_N: tl.constexpr, PDL: tl.constexpr):
+    _after_previous_kernel(PDL)
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m = tl.arange(0, ROWS)
+    outputs = n < N
     width = 2 * N if GLU else N
     squares = tl.zeros((ROWS,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_N, ROWS), dtype=tl.float32)
     up = tl.zeros((BLOCK_N, ROWS), dtype=tl.float32)
     for split in range(splits):
         partial = partial_ptr + split * ROWS * width + m[None, :] * width + n[:, None]
-        acc += tl.load(partial, mask=outputs[:, None], other=0.0, cache_modifier=".cg")
+        acc += tl.load(partial, mask=outputs[:, None], other=0.0)
         if GLU:
-            up += tl.load(partial + N, mask=outputs[:, None], other=0.0, cache_modifier=".cg")
+            up += tl.load(partial + N, mask=outputs[:, None], other=0.0)
         if NORM:
-            squares += tl.load(squares_ptr + split * ROWS + m, cache_modifier=".cg")
-    return acc, up, squares
-
-
-@triton.jit
-def _few_rows_finish(acc, up, squares, n, m, M, N, K, eps, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr,
-                     NORM: tl.constexpr, HAS_BIAS: tl.constexpr, GLU: tl.constexpr, GELU: tl.constexpr,
-                     HAS_RESIDUAL: tl.constexpr, LAYER_SCALE: tl.constexpr):
-    """The whole inner width's sums -> out: the RMSNorm's factor, then _few_rows_store."""
+            squares += tl.load(squares_ptr + split * ROWS + m)
     if NORM:
         inverse = tl.rsqrt(squares / K + eps)[None, :]
         acc, up = acc * inverse, up * inverse
-    _few_rows_store(acc, up, n, m, M, N, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr, HAS_BIAS, GLU, GELU,
-                    HAS_RESIDUAL, LAYER_SCALE)
+    _few_rows_store(acc, up, n, m, M, N, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr, HAS_BIAS, GLU,
+                    GELU, HAS_RESIDUAL, LAYER_SCALE)
 
 
 def few_rows_linear(x, weight, bias=None, *, norm=None, activation=None, residual=None, layer_scale=None,
                     launch=None):
-    """A product of at most FEW_ROWS rows with what surrounds it in a layer, in one kernel: x [R, K], weight [N', K]
-    in x's dtype, bias [N']; `norm` (weight [K], eps): x's RMSNorm first; `activation` "silu_glu": the weight is
-    gate and up stacked (N' = 2N) and the result silu(gate) * up [R, N], "gelu": the exact GELU; `residual` [R, N]
-    added, after the product is multiplied by `layer_scale` [N] if given. Rounded where engine.network.linear_block's
-    torch ops round. `launch` (outputs per program, inner step, splits, warps, stages) overrides few_rows_launch's."""
+    """A product of at most FEW_ROWS rows with what surrounds it in a layer, in one kernel (two when the inner width
+    is split): x [R, K], weight [N', K] in x's dtype, bias [N']; `norm` (weight [K], eps): x's RMSNorm first;
+    `activation` "silu_glu": the weight is gate and up stacked (N' = 2N) and the result silu(gate) * up [R, N],
+    "gelu": the exact GELU; `residual` [R, N] added, after the product is multiplied by `layer_scale` [N] if given.
+    Rounded where engine.network.linear_block's torch ops round. `launch` (outputs per program, inner step, splits,
+    warps, stages) overrides few_rows_launch's."""
     rows, inner = x.shape
     if rows > FEW_ROWS:
         raise ValueError(f"few_rows_linear takes at most {FEW_ROWS} rows, got {rows}")
@@ -743,21 +676,23 @@ def few_rows_linear(x, weight, bias=None, *, norm=None, activation=None, residua
     x = x.contiguous()
     out = torch.empty(rows, outputs, dtype=x.dtype, device=x.device)
     residual = None if residual is None else residual.contiguous()
-    partial = squares = counters = None
-    tiles = triton.cdiv(outputs, block_n)
+    partial = squares = None
     if splits > 1:
         partial = torch.empty(splits, FEW_ROWS, weight.shape[0], dtype=torch.float32, device=x.device)
         squares = torch.empty(splits, FEW_ROWS, dtype=torch.float32, device=x.device) if norm is not None else None
-        counters = _arrival_counters(x.device)
-        if tiles > counters.numel():
-            raise ValueError(f"few_rows_linear splits at most {counters.numel()} output tiles, not {tiles}")
     flags = dict(NORM=norm is not None, GLU=glu, GELU=activation == "gelu", HAS_BIAS=bias is not None,
                  HAS_RESIDUAL=residual is not None, LAYER_SCALE=layer_scale is not None, ROWS=FEW_ROWS)
     norm_weight, eps = norm if norm is not None else (None, 0.0)
-    _few_rows_linear_kernel[(tiles, splits)](
-        x, norm_weight, weight, bias, residual, layer_scale, out, partial, squares, counters, rows, outputs, inner,
-        eps, split_inner, SPLIT=splits > 1, DOT_FP32=x.dtype == torch.float32 or INTERPRETED, BLOCK_N=block_n,
-        BLOCK_K=block_k, num_warps=warps, num_stages=stages, **flags, **_dependent_launch(x.device))
+    launch_options = _dependent_launch(x.device)
+    _few_rows_linear_kernel[(triton.cdiv(outputs, block_n), splits)](
+        x, norm_weight, weight, bias, residual, layer_scale, out, partial, squares, rows, outputs, inner, eps,
+        split_inner, SPLIT=splits > 1, DOT_FP32=x.dtype == torch.float32 or INTERPRETED, BLOCK_N=block_n,
+        BLOCK_K=block_k, num_warps=warps, num_stages=stages, **flags, **launch_options)
+    if splits > 1:
+        reduce_block = 64
+        _few_rows_reduce_kernel[(triton.cdiv(outputs, reduce_block),)](
+            partial, squares, bias, residual, layer_scale, out, rows, outputs, inner, eps, splits,
+            BLOCK_N=reduce_block, **flags, **launch_options)
     return out
 
 
