@@ -21,7 +21,9 @@ from engine.runtime.torch_runtime import TorchRuntime
 from engine.sampler import schedule_table
 
 
-def replay_ms(fn, repeats: int = 50) -> float:
+def captured(fn):
+    """(fn captured as a CUDA graph, the outputs its replays write), after one eager run on a side stream (lazy
+    initialisation must not happen inside a capture)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -29,7 +31,12 @@ def replay_ms(fn, repeats: int = 50) -> float:
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        fn()
+        outputs = fn()
+    return graph, outputs
+
+
+def replay_ms(fn, repeats: int = 50) -> float:
+    graph, _ = captured(fn)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     graph.replay()
     start.record()
@@ -63,17 +70,10 @@ def flat_tensors(result) -> list[torch.Tensor]:
 
 def graph_outputs(fn) -> list[torch.Tensor]:
     """fn's outputs as a replay of its captured graph leaves them."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outputs = flat_tensors(fn())
+    graph, outputs = captured(fn)
     graph.replay()
     torch.cuda.synchronize()
-    return outputs
+    return flat_tensors(outputs)
 
 
 def launch_differences(parts: dict) -> str:
