@@ -164,9 +164,10 @@ def linear_block(x, params: tuple, ops, *, norm: tuple | None = None, activation
     """A linear (`linear_params`) with what surrounds it in a layer: x's RMSNorm first (`norm`: weight, eps); after
     it `activation` "silu_glu" (silu(gate) * up of a fused gate-up product) or "gelu" (exact), then a residual added
     (by the product where it can: addmm), the product first multiplied by `layer_scale` (addcmul). Where `ops` has
-    few_rows_linear (engine.triton_kernels), x has at most ops.FEW_ROWS rows and the weight is not 8-bit (whose
-    `linear_params` carry a scale), that one kernel."""
-    if getattr(ops, "few_rows_linear", None) and x.shape[0] <= ops.FEW_ROWS and len(params) == 2:
+    few_rows_linear (engine.triton_kernels), x has at most ops.FEW_ROWS rows and the product suits it (float or
+    8-bit weights: ops.few_rows_suits), that one kernel."""
+    if (getattr(ops, "few_rows_linear", None) and x.shape[0] <= ops.FEW_ROWS
+            and ops.few_rows_suits(params[0], activation)):
         return ops.few_rows_linear(x, *params, norm=norm, activation=activation, residual=residual,
                                    layer_scale=layer_scale)
     if norm is not None:

@@ -1,11 +1,15 @@
-"""fp8 and int8 weights for the language model's linear layers: quantized once at load, computed in bf16.
+"""fp8 and int8 weights for the heaviest linear layers: quantized once at load.
 
 Both store a linear's weight [out, in] as 8-bit values (float8_e4m3fn or int8) with one float32 scale per output
-channel (symmetric), and are weight-only (W8A16): x times the 8-bit values, summed in float32, then the scale. On
-CUDA a quantized linear is one Triton kernel (engine.triton_kernels.scaled_linear, with bias and residual), which
-reads each 8-bit weight once: half the bytes of bf16, what a frame's few-row products are bound by. Elsewhere (CPU,
-while torch.compile traces) the same values are multiplied in float32: the same function, one rounding. Every step
-stays on the device (no host synchronisation), so quantized layers run inside CUDA graphs.
+channel (symmetric). int8 is weight-only (W8A16): x times the 8-bit values, summed in float32, then the scale. fp8
+multiplies fp8 activations (W8A8, Hopper's fp8 tensor cores): each row of x is quantized per ACTIVATION_GROUP
+consecutive values with a float32 scale of its own, each group's products summed in float32 and scaled, then the
+groups summed (fine-grained scales keep an outlier from flattening a whole row, and the float32 sums per group keep
+the tensor cores' reduced-precision accumulation short). On CUDA a quantized linear is one Triton kernel
+(engine.triton_kernels: few_rows_linear with what surrounds the product, or scaled_linear), which reads each 8-bit
+weight once: half the bytes of bf16, what a frame's few-row products are bound by. Elsewhere (CPU, while
+torch.compile traces) the same values are multiplied in float32: the same function. Every step stays on the device
+(no host synchronisation), so quantized layers run inside CUDA graphs.
 """
 from __future__ import annotations
 
@@ -17,19 +21,33 @@ from engine.errors import RuntimeUnavailable
 
 QUANTIZED_WEIGHTS = ("fp8", "int8")
 INT8_MAX = 127.0
+E4M3_MAX = torch.finfo(torch.float8_e4m3fn).max
 SMALLEST_SCALE = 1e-12  # an all-zero row keeps a finite scale and quantizes to zeros
+ACTIVATION_GROUP = 128  # fp8 activations: one scale per this many consecutive values of a row
 
 
 def quantize_rows(x: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
     """x [rows, n] -> (8-bit values [rows, n], float32 scales [rows, 1]) with x ~ values * scales, per row."""
     dtype = torch.float8_e4m3fn if kind == "fp8" else torch.int8
-    top = torch.finfo(dtype).max if kind == "fp8" else INT8_MAX
+    top = E4M3_MAX if kind == "fp8" else INT8_MAX
     x = x.float()
     scale = x.abs().amax(dim=-1, keepdim=True).clamp(min=SMALLEST_SCALE) / top
     values = x / scale
     if kind == "int8":
         values = values.round()
     return values.clamp(-top, top).to(dtype), scale
+
+
+def quantize_activations(x: torch.Tensor) -> torch.Tensor:
+    """x [rows, K] -> the fp8 activations' values as float32 (each value times its group's scale), rows split into
+    groups of ACTIVATION_GROUP (the last one zero-padded) with scale max |group| / E4M3_MAX: the values the fp8
+    kernels multiply, the scales applied before the sum here (one float32 rounding each)."""
+    rows, width = x.shape
+    groups = -(-width // ACTIVATION_GROUP)
+    grouped = F.pad(x.float(), (0, groups * ACTIVATION_GROUP - width)).view(rows, groups, ACTIVATION_GROUP)
+    top = grouped.abs().amax(dim=-1, keepdim=True).clamp(min=SMALLEST_SCALE)
+    values = (grouped * (E4M3_MAX / top)).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    return (values.float() * (top * (1.0 / E4M3_MAX))).view(rows, -1)[:, :width]
 
 
 class QuantizedLinear(nn.Module):
@@ -107,8 +125,11 @@ def linear(x, weight, bias=None, scale=None):
         return F.linear(x, weight, bias)
     if kernels := _kernels(x):
         return kernels.scaled_linear(x, weight, scale, bias)
-    # scaled_linear's arithmetic: the 8-bit values' products summed in float32, the scale, one rounding
-    out = (F.linear(x.float(), weight.float()) * scale).to(x.dtype)
+    # the kernels' arithmetic: the 8-bit values' products summed in float32, the scale, one rounding
+    activations = x.float()
+    if weight.dtype == torch.float8_e4m3fn:
+        activations = quantize_activations(activations.reshape(-1, x.shape[-1])).view(activations.shape)
+    out = (F.linear(activations, weight.float()) * scale).to(x.dtype)
     return out if bias is None else out + bias
 
 

@@ -27,6 +27,8 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
+from engine import quantize
+
 # Launches by block width (the entry for the least width >= the block's, the widest past them all), chosen on an
 # H200 with perf/tune_block_kernel.py at 1 to 64 streams:
 # convnext_mixer's: rows per program, warps (about 2048 elements per program)
@@ -525,8 +527,10 @@ def attend(q, keys, values, mask, positions, scale: float):
 
 # --- products of few rows: a frame's LM step and diffusion solve up to FEW_ROWS rows (8 streams' positive and
 # negative rows) and the tokenizers' widest blocks at few streams, with what surrounds a product in a layer
-# (engine.network.linear_block; its torch ops are the twin). Float weights only: for 8-bit ones the conversion in
-# this form measured slower than scaled_linear's (the 7B's gate-up 79 against 57 us at two rows)
+# (engine.network.linear_block; its torch ops are the twin). 8-bit weights (engine.quantize, a float32 scale per
+# output): fp8 ones multiply fp8 activations on the tensor cores (x quantized in the kernel per ACTIVATION_GROUP
+# values of a row, as engine.quantize.quantize_activations does, each group's sums scaled in float32); int8 ones are
+# converted to x's dtype on the weight tile (exact)
 
 FEW_ROWS = 16  # tl.dot's least tile side: the rows are padded to it
 # few_rows_launch's rule, measured on an H200 with perf/tune_few_rows_linear.py (1.5B and 7B products, two rows):
@@ -540,6 +544,16 @@ ACTIVATIONS = ("silu_glu", "gelu")
 FEW_ROWS_OUTPUTS, FEW_ROWS_INNER, FEW_ROWS_NARROW_INNER, FEW_ROWS_WARPS = 64, 128, 64, 4
 FEW_ROWS_STAGES, FEW_ROWS_WIDE_GLU_STAGES = 5, 3
 FEW_ROWS_SPLIT_INNER = 1024
+# 8-bit weights (the same tool, --weights fp8 int8): fp8 products take 128 outputs by one activation group per step
+# on 8 warps (4 stages); int8 ones 32 by 256 on 4 warps. Their gate-up products split while the doubled programs
+# still fit on the multiprocessors, the others up to 8 splits of at least EIGHT_BIT_SPLIT_INNER inputs each.
+# int8 gate-up products stay with scaled_linear, which runs them faster (the 7B's 48 against 63 us at two rows).
+EIGHT_BIT_LAUNCH = {torch.float8_e4m3fn: (128, 128, 8, 4), torch.int8: (32, 256, 4, 4)}
+EIGHT_BIT_SPLIT_INNER, EIGHT_BIT_SPLITS = 384, 8
+ACTIVATION_GROUP = quantize.ACTIVATION_GROUP
+E4M3_MAX = tl.constexpr(torch.finfo(torch.float8_e4m3fn).max)
+SMALLEST_SCALE = tl.constexpr(quantize.SMALLEST_SCALE)
+EMULATED_FP8_ROUNDING = tl.constexpr(INTERPRETED)
 
 
 @triton.jit
@@ -577,21 +591,22 @@ def _few_rows_store(acc, up, n, m, M, N, bias_ptr, residual_ptr, layer_scale_ptr
 
 
 @triton.jit
-def _few_rows_linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr, partial_ptr,
-                            squares_ptr, M, N, K, eps, split_inner, NORM: tl.constexpr, GLU: tl.constexpr,
-                            GELU: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                            LAYER_SCALE: tl.constexpr, SPLIT: tl.constexpr, DOT_FP32: tl.constexpr,
-                            ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+def _few_rows_linear_kernel(x_ptr, norm_ptr, w_ptr, scale_ptr, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr,
+                            partial_ptr, squares_ptr, M, N, K, eps, split_inner, NORM: tl.constexpr,
+                            GLU: tl.constexpr, GELU: tl.constexpr, SCALED: tl.constexpr, HAS_BIAS: tl.constexpr,
+                            HAS_RESIDUAL: tl.constexpr, LAYER_SCALE: tl.constexpr, SPLIT: tl.constexpr,
+                            OPERAND: tl.constexpr, FP8: tl.constexpr, ROWS: tl.constexpr,
+                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     """Outputs n (and N + n with GLU) of rows m over the inner range of split program_id(1): the weight tile is the
     product's wide side, so each program streams [BLOCK_N, BLOCK_K] weight tiles against x's few rows. The
     RMSNorm's per-row factor is taken out of the product: (x * norm weight) @ W, times the inverse root mean square
-    of x, whose squares are summed over the same tiles (no pass over x before the weights)."""
+    of x, whose squares are summed over the same tiles (no pass over x before the weights). Operands are converted
+    to OPERAND; FP8: x's tile (one activation group per row) is quantized to fp8 first."""
     _after_previous_kernel(PDL)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     m = tl.arange(0, ROWS)
     outputs, rows = n < N, m < M
     dtype = x_ptr.dtype.element_ty
-    operand = tl.float32 if DOT_FP32 else dtype
     squares = tl.zeros((ROWS,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_N, ROWS), dtype=tl.float32)
     up = tl.zeros((BLOCK_N, ROWS), dtype=tl.float32)
@@ -604,13 +619,20 @@ def _few_rows_linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, residual_ptr, laye
             xf = xk.to(tl.float32)
             squares += tl.sum(xf * xf, axis=1)
             xk = (xf * tl.load(norm_ptr + k, mask=inner, other=0.0).to(tl.float32)[None, :]).to(dtype)
-        xt = tl.trans(xk.to(operand))
         w = tl.load(w_ptr + n[:, None] * K + k[None, :], mask=outputs[:, None] & inner[None, :], other=0.0)
-        acc += tl.dot(w.to(operand), xt, input_precision="ieee" if DOT_FP32 else None)
         if GLU:
-            w = tl.load(w_ptr + (N + n)[:, None] * K + k[None, :], mask=outputs[:, None] & inner[None, :], other=0.0)
-            up += tl.dot(w.to(operand), xt, input_precision="ieee" if DOT_FP32 else None)
-    if SPLIT:  # float32 sums per split, reduced in split order by _few_rows_reduce_kernel
+            w_up = tl.load(w_ptr + (N + n)[:, None] * K + k[None, :], mask=outputs[:, None] & inner[None, :],
+                           other=0.0)
+        if FP8:  # each group's sums scaled by the group's scale
+            xk, group_scale = _fp8_activations(xk)
+            acc += _weight_product(w, xk, OPERAND) * group_scale[None, :]
+            if GLU:
+                up += _weight_product(w_up, xk, OPERAND) * group_scale[None, :]
+        else:
+            acc += _weight_product(w, xk, OPERAND)
+            if GLU:
+                up += _weight_product(w_up, xk, OPERAND)
+    if SPLIT:  # float32 sums per split, reduced in split order by _few_rows_reduce_kernel (which scales them)
         width = 2 * N if GLU else N
         partial = partial_ptr + tl.program_id(1) * ROWS * width + m[None, :] * width + n[:, None]
         tl.store(partial, acc, mask=outputs[:, None])
@@ -619,18 +641,64 @@ def _few_rows_linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, residual_ptr, laye
         if NORM:  # every program of the split holds the same squares: any may write them
             tl.store(squares_ptr + tl.program_id(1) * ROWS + m, squares)
     else:
-        if NORM:
-            inverse = tl.rsqrt(squares / K + eps)[None, :]
-            acc, up = acc * inverse, up * inverse
+        acc, up = _scaled_sums(acc, up, squares, n, N, K, eps, scale_ptr, NORM, GLU, SCALED)
         _few_rows_store(acc, up, n, m, M, N, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr, HAS_BIAS, GLU,
                         GELU, HAS_RESIDUAL, LAYER_SCALE)
 
 
 @triton.jit
-def _few_rows_reduce_kernel(partial_ptr, squares_ptr, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr, M, N, K, eps,
-                            splits, NORM: tl.constexpr, GLU: tl.constexpr, GELU: tl.constexpr, HAS_BIAS: tl.constexpr,
-                            HAS_RESIDUAL: tl.constexpr, LAYER_SCALE: tl.constexpr, ROWS: tl.constexpr,
-                            BLOCK_N: tl.constexpr, PDL: tl.constexpr):
+def _weight_product(w, xk, OPERAND: tl.constexpr):
+    """A weight tile [BLOCK_N, BLOCK_K] times x's [ROWS, BLOCK_K] -> float32 sums [BLOCK_N, ROWS], the operands
+    converted to OPERAND (float32: IEEE products)."""
+    precision: tl.constexpr = "ieee" if OPERAND == tl.float32 else None
+    return tl.dot(w.to(OPERAND), tl.trans(xk.to(OPERAND)), input_precision=precision)
+
+
+@triton.jit
+def _fp8_activations(x):
+    """x [rows, ACTIVATION_GROUP] -> (its fp8 values, float32 scales [rows]) with x ~ values * scale:
+    engine.quantize.quantize_activations' arithmetic (its division by the group's maximum is approximate here: a
+    value next to a rounding boundary of fp8 may round the other way). The conversion saturates at E4M3_MAX."""
+    top = tl.maximum(tl.max(tl.abs(x.to(tl.float32)), axis=1), SMALLEST_SCALE)
+    values = x.to(tl.float32) * (tl.full(top.shape, E4M3_MAX, tl.float32) / top)[:, None]
+    if EMULATED_FP8_ROUNDING:
+        values = _e4m3_grid(tl.clamp(values, -E4M3_MAX, E4M3_MAX))
+    return values.to(tl.float8e4nv), top * (1.0 / E4M3_MAX)
+
+
+@triton.jit
+def _e4m3_grid(v):
+    """float32 v (|v| <= E4M3_MAX) rounded to the nearest e4m3 value, ties to even, as the GPU's conversion rounds:
+    Triton's interpreter loses the exponent's carry when it rounds to fp8 (7.9 -> 4.0), so there it converts values
+    already on the grid. Normal values keep 3 mantissa bits; below 2^-6 the grid is 2^-9 apart."""
+    bits = v.to(tl.int32, bitcast=True)
+    normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) & -0x100000).to(tl.float32, bitcast=True)
+    subnormal = ((v * 512.0 + 12582912.0) - 12582912.0) / 512.0  # adding 1.5 * 2^23 rounds to an integer
+    return tl.where(tl.abs(v) < 0.015625, subnormal, normal)
+
+
+@triton.jit
+def _scaled_sums(acc, up, squares, n, N, K, eps, scale_ptr, NORM: tl.constexpr, GLU: tl.constexpr,
+                 SCALED: tl.constexpr):
+    """The products' float32 sums [BLOCK_N, ROWS] times the RMSNorm's per-row factor and the 8-bit weights' output
+    scales."""
+    if NORM:
+        inverse = tl.rsqrt(squares / K + eps)[None, :]
+        acc, up = acc * inverse, up * inverse
+    if SCALED:
+        outputs = n < N
+        acc = acc * tl.load(scale_ptr + n, mask=outputs, other=0.0)[:, None]
+        if GLU:
+            up = up * tl.load(scale_ptr + N + n, mask=outputs, other=0.0)[:, None]
+    return acc, up
+
+
+@triton.jit
+def _few_rows_reduce_kernel(partial_ptr, squares_ptr, scale_ptr, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr, M,
+                            N, K, eps, splits, NORM: tl.constexpr, GLU: tl.constexpr, GELU: tl.constexpr,
+                            SCALED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                            LAYER_SCALE: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+                            PDL: tl.constexpr):
     _after_previous_kernel(PDL)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     m = tl.arange(0, ROWS)
@@ -646,17 +714,16 @@ def _few_rows_reduce_kernel(partial_ptr, squares_ptr, bias_ptr, residual_ptr, la
             up += tl.load(partial + N, mask=outputs[:, None], other=0.0)
         if NORM:
             squares += tl.load(squares_ptr + split * ROWS + m)
-    if NORM:
-        inverse = tl.rsqrt(squares / K + eps)[None, :]
-        acc, up = acc * inverse, up * inverse
+    acc, up = _scaled_sums(acc, up, squares, n, N, K, eps, scale_ptr, NORM, GLU, SCALED)
     _few_rows_store(acc, up, n, m, M, N, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr, HAS_BIAS, GLU,
                     GELU, HAS_RESIDUAL, LAYER_SCALE)
 
 
-def few_rows_linear(x, weight, bias=None, *, norm=None, activation=None, residual=None, layer_scale=None,
+def few_rows_linear(x, weight, bias=None, scale=None, *, norm=None, activation=None, residual=None, layer_scale=None,
                     launch=None):
     """A product of at most FEW_ROWS rows with what surrounds it in a layer, in one kernel (two when the inner width
-    is split): x [R, K], weight [N', K] in x's dtype, bias [N']; `norm` (weight [K], eps): x's RMSNorm first;
+    is split): x [R, K], weight [N', K] in x's dtype or 8-bit with float32 output scales `scale` [N']
+    (engine.quantize.linear_params), bias [N']; `norm` (weight [K], eps): x's RMSNorm first;
     `activation` "silu_glu": the weight is gate and up stacked (N' = 2N) and the result silu(gate) * up [R, N],
     "gelu": the exact GELU; `residual` [R, N] added, after the product is multiplied by `layer_scale` [N] if given.
     Rounded where engine.network.linear_block's torch ops round. `launch` (outputs per program, inner step, splits,
@@ -680,26 +747,51 @@ def few_rows_linear(x, weight, bias=None, *, norm=None, activation=None, residua
     if splits > 1:
         partial = torch.empty(splits, FEW_ROWS, weight.shape[0], dtype=torch.float32, device=x.device)
         squares = torch.empty(splits, FEW_ROWS, dtype=torch.float32, device=x.device) if norm is not None else None
-    flags = dict(NORM=norm is not None, GLU=glu, GELU=activation == "gelu", HAS_BIAS=bias is not None,
-                 HAS_RESIDUAL=residual is not None, LAYER_SCALE=layer_scale is not None, ROWS=FEW_ROWS)
+    fp8 = weight.dtype == torch.float8_e4m3fn
+    if fp8 and block_k != ACTIVATION_GROUP:
+        raise ValueError(f"fp8 weights take {ACTIVATION_GROUP} inputs per step (one activation group), got {block_k}")
+    flags = dict(NORM=norm is not None, GLU=glu, GELU=activation == "gelu", SCALED=scale is not None,
+                 HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, LAYER_SCALE=layer_scale is not None,
+                 ROWS=FEW_ROWS)
     norm_weight, eps = norm if norm is not None else (None, 0.0)
     launch_options = _dependent_launch(x.device)
     _few_rows_linear_kernel[(triton.cdiv(outputs, block_n), splits)](
-        x, norm_weight, weight, bias, residual, layer_scale, out, partial, squares, rows, outputs, inner, eps,
-        split_inner, SPLIT=splits > 1, DOT_FP32=x.dtype == torch.float32 or INTERPRETED, BLOCK_N=block_n,
-        BLOCK_K=block_k, num_warps=warps, num_stages=stages, **flags, **launch_options)
+        x, norm_weight, weight, scale, bias, residual, layer_scale, out, partial, squares, rows, outputs, inner, eps,
+        split_inner, SPLIT=splits > 1, OPERAND=_operand(x.dtype, weight.dtype), FP8=fp8,
+        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages, **flags, **launch_options)
     if splits > 1:
         reduce_block = 64
         _few_rows_reduce_kernel[(triton.cdiv(outputs, reduce_block),)](
-            partial, squares, bias, residual, layer_scale, out, rows, outputs, inner, eps, splits,
+            partial, squares, scale, bias, residual, layer_scale, out, rows, outputs, inner, eps, splits,
             BLOCK_N=reduce_block, **flags, **launch_options)
     return out
 
 
+def _operand(x_dtype: torch.dtype, weight_dtype: torch.dtype):
+    """The dtype a product's operands are converted to: fp8 for fp8 weights, else x's; float32 for float32 x and
+    in Triton's interpreter (which miscomputes bf16 and fp8 products: float32 ones are exact for their values)."""
+    if x_dtype == torch.float32 or INTERPRETED:
+        return tl.float32
+    if weight_dtype == torch.float8_e4m3fn:
+        return tl.float8e4nv
+    return {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[x_dtype]
+
+
 def few_rows_launch(weight: torch.Tensor, glu: bool, norm: bool) -> tuple[int, int, int, int, int]:
-    """few_rows_linear's launch for this weight (FEW_ROWS_* above)."""
-    tiles = triton.cdiv(weight.shape[0] // 2 if glu else weight.shape[0], FEW_ROWS_OUTPUTS)
+    """few_rows_linear's launch for this weight (FEW_ROWS_* and EIGHT_BIT_* above)."""
     processors = _processors(weight.device)
+    if weight.dtype in EIGHT_BIT_LAUNCH:
+        block_n, block_k, warps, stages = EIGHT_BIT_LAUNCH[weight.dtype]
+        tiles = triton.cdiv(weight.shape[0] // 2 if glu else weight.shape[0], block_n)
+        splits = 1
+        if glu:
+            while 2 * splits * tiles <= processors:
+                splits *= 2
+        else:
+            while 2 * splits <= EIGHT_BIT_SPLITS and weight.shape[1] >= 2 * splits * EIGHT_BIT_SPLIT_INNER:
+                splits *= 2
+        return block_n, block_k, splits, warps, stages
+    tiles = triton.cdiv(weight.shape[0] // 2 if glu else weight.shape[0], FEW_ROWS_OUTPUTS)
     splits = 1
     if norm and tiles <= processors:
         while splits * tiles <= processors or weight.shape[1] > splits * FEW_ROWS_SPLIT_INNER:
@@ -710,6 +802,11 @@ def few_rows_launch(weight: torch.Tensor, glu: bool, norm: bool) -> tuple[int, i
     stages = FEW_ROWS_WIDE_GLU_STAGES if glu and tiles > 2 * processors else FEW_ROWS_STAGES
     return (FEW_ROWS_OUTPUTS, FEW_ROWS_NARROW_INNER if glu or norm else FEW_ROWS_INNER, splits, FEW_ROWS_WARPS,
             stages)
+
+
+def few_rows_suits(weight: torch.Tensor, activation: str | None) -> bool:
+    """Whether few_rows_linear runs this product faster than the kernels it fuses (all but int8 gate-up ones)."""
+    return not (weight.dtype == torch.int8 and activation == "silu_glu")
 
 
 def _processors(device: torch.device) -> int:
@@ -724,30 +821,37 @@ def _processors(device: torch.device) -> int:
 # so that every product has enough programs (perf/tune_scaled_linear.py on an H200)
 FEW_ROWS_LAUNCH = (16, 32, 256, 4)
 MANY_ROWS_LAUNCH = (32, 64, 128, 4)
+WIDE_FP8_MANY_ROWS_LAUNCH = (64, 128, 128, 8)  # fp8 products of more than NARROW_OUTPUTS outputs on many rows
 NARROW_OUTPUTS = 4096  # at most this many outputs: 16 per program
 WIDE_INPUTS = 8192  # at least this many inputs: 512 per step
 
 
 @triton.jit
 def _scaled_linear_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, residual_ptr, out_ptr, M, N, K,
-                          HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, DOT_FP32: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+                          HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, OPERAND: tl.constexpr,
+                          FP8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                          PDL: tl.constexpr):
     """out = x @ (w * scale)ᵀ (+ bias) (+ residual) for an 8-bit w [N, K] with one float32 scale per output: the
-    8-bit values multiplied in x's dtype (where they are exact) or float32, summed in float32, scaled, rounded once;
-    bias and residual then added as PyTorch adds them (each rounded)."""
+    operands converted to OPERAND (FP8: x's tile, one activation group per row, quantized to fp8 first, each group's
+    sums scaled), summed in float32, scaled, rounded once; bias and residual then added as PyTorch adds them (each
+    rounded)."""
     _after_previous_kernel(PDL)
     m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows, outputs = m < M, n < N
     dtype = out_ptr.dtype.element_ty
-    operand = tl.float32 if DOT_FP32 else dtype
+    precision: tl.constexpr = "ieee" if OPERAND == tl.float32 else None
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for start in range(0, K, BLOCK_K):
         k = start + tl.arange(0, BLOCK_K)
         inner = k < K
         xk = tl.load(x_ptr + m[:, None] * K + k[None, :], mask=rows[:, None] & inner[None, :], other=0.0)
         w = tl.load(w_ptr + n[:, None] * K + k[None, :], mask=outputs[:, None] & inner[None, :], other=0.0)
-        acc += tl.dot(xk.to(operand), tl.trans(w.to(operand)), input_precision="ieee" if DOT_FP32 else None)
+        if FP8:
+            xk, group_scale = _fp8_activations(xk)
+            acc += tl.dot(xk.to(OPERAND), tl.trans(w.to(OPERAND)), input_precision=precision) * group_scale[:, None]
+        else:
+            acc += tl.dot(xk.to(OPERAND), tl.trans(w.to(OPERAND)), input_precision=precision)
     scale = tl.load(scale_ptr + n, mask=outputs, other=0.0)
     out = (acc * scale[None, :]).to(dtype)
     if HAS_BIAS:
@@ -762,25 +866,33 @@ def _scaled_linear_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, residual_ptr, out_p
 def scaled_linear(x, weight, scale, bias=None, residual=None, *, launch: tuple[int, int, int, int] | None = None):
     """x [..., K] times an 8-bit weight [N, K] (int8 or float8_e4m3fn) with float32 scales [N]
     (engine.quantize.QuantizedLinear), plus bias [N] and residual [..., N], in one kernel that reads each weight
-    byte once. `launch` (rows, outputs, inner step, warps) overrides scaled_linear_launch's."""
+    byte once; fp8 weights multiply fp8 activations (engine.quantize.quantize_activations' groups). `launch` (rows,
+    outputs, inner step, warps) overrides scaled_linear_launch's."""
     flat = x.reshape(-1, x.shape[-1]).contiguous()
     rows, inner = flat.shape
     outputs = weight.shape[0]
     if weight.stride(1) != 1 or weight.stride(0) != inner:
         raise ValueError("scaled_linear needs a contiguous [out, in] weight")
-    block_m, block_n, block_k, warps = launch or scaled_linear_launch(rows, outputs, inner)
+    block_m, block_n, block_k, warps = launch or scaled_linear_launch(rows, outputs, inner, weight.dtype)
+    fp8 = weight.dtype == torch.float8_e4m3fn
+    if fp8 and block_k != ACTIVATION_GROUP:
+        raise ValueError(f"fp8 weights take {ACTIVATION_GROUP} inputs per step (one activation group), got {block_k}")
     out = torch.empty(rows, outputs, dtype=x.dtype, device=x.device)
     _scaled_linear_kernel[(triton.cdiv(outputs, block_n), triton.cdiv(rows, block_m))](
         flat, weight, scale, bias, None if residual is None else residual.reshape(rows, outputs).contiguous(), out,
         rows, outputs, inner, HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
-        DOT_FP32=x.dtype == torch.float32 or INTERPRETED, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        OPERAND=_operand(x.dtype, weight.dtype), FP8=fp8, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
         num_warps=warps, **_dependent_launch(x.device))
     return out.view(*x.shape[:-1], outputs)
 
 
-def scaled_linear_launch(rows: int, outputs: int, inner: int) -> tuple[int, int, int, int]:
-    """scaled_linear's launch for a product of this shape."""
+def scaled_linear_launch(rows: int, outputs: int, inner: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """scaled_linear's launch for a product of this shape (fp8 weights: one activation group per step)."""
     if rows > FEW_ROWS_LAUNCH[0]:
-        return MANY_ROWS_LAUNCH
-    block_m, block_n, block_k, warps = FEW_ROWS_LAUNCH
-    return (block_m, 16 if outputs <= NARROW_OUTPUTS else block_n, 512 if inner >= WIDE_INPUTS else block_k, warps)
+        wide_fp8 = dtype == torch.float8_e4m3fn and outputs > NARROW_OUTPUTS
+        block_m, block_n, block_k, warps = WIDE_FP8_MANY_ROWS_LAUNCH if wide_fp8 else MANY_ROWS_LAUNCH
+    else:
+        block_m, block_n, block_k, warps = FEW_ROWS_LAUNCH
+        block_n = 16 if outputs <= NARROW_OUTPUTS else block_n
+        block_k = 512 if inner >= WIDE_INPUTS else block_k
+    return block_m, block_n, ACTIVATION_GROUP if dtype == torch.float8_e4m3fn else block_k, warps

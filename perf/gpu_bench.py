@@ -5,7 +5,8 @@
 Builds the random-weight model directly on the GPU, then measures with exactly --frames frames per request (10 s
 voice prompt, 10 diffusion steps, cfg 1.3):
   - fp32 eager engine: the quality reference;
-  - transformers' generate() in bf16 (the model's own loop), and our engine in bf16 eager and with CUDA graphs:
+  - transformers' generate() in bf16 (the model's own loop), and our engine at --precision (bf16 unless asked)
+    eager and with CUDA graphs:
     ms per frame, RTF and relative error / SNR of the audio against the fp32 reference;
   - first audio with the voice's latents cached, and the engine's readiness (graph captures included);
   - a concurrency sweep with CUDA graphs (voices as cached latents, as a server with a voice cache sends them):
@@ -25,6 +26,7 @@ from engine.checkpoint import random_checkpoint
 from engine.config import HOP_SAMPLES, SAMPLE_RATE, EngineSettings
 from engine.prompt import conversation, encode_voices, prepare_prompt
 from engine.request import SynthesisOptions, SynthesisRequest, Voice
+from engine.runtime import TORCH_PRECISIONS
 from engine.runtime.torch_runtime import TorchRuntime
 from engine.synthesizer import Synthesizer
 
@@ -132,12 +134,16 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=75)
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--max-context", type=int, default=2048)
-    parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument("--skip-transformers", action="store_true",
+                        help="implied by 8-bit precisions, which replace the model's linears in place")
+    parser.add_argument("--precision", choices=[p for p in TORCH_PRECISIONS if p != "fp32"], default="bf16")
     parser.add_argument("--compile", action="store_true", help="also measure graphs over torch.compile'd pieces")
     parser.add_argument("--json")
     args = parser.parse_args()
-    report: dict = {"size": args.size, "frames": args.frames, "gpu": torch.cuda.get_device_name(),
-                    "torch": torch.__version__}
+    report: dict = {"size": args.size, "frames": args.frames, "precision": args.precision,
+                    "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
+    held = TORCH_PRECISIONS[args.precision]
+    ours = f"engine {args.precision}"
 
     started = time.perf_counter()
     checkpoint = random_checkpoint(args.size, seed=0, device="cuda")
@@ -157,18 +163,18 @@ def main() -> None:
     show("engine fp32 eager", rows["engine fp32 eager"])
     del fp32
 
-    runtime = TorchRuntime(checkpoint, "cuda", torch.bfloat16)  # converts the model in place
-    if not args.skip_transformers:
+    runtime = TorchRuntime(checkpoint, "cuda", held.dtype, quantized=held.quantized)  # converts the model in place
+    if not (args.skip_transformers or held.quantized):
         audio, seconds = transformers_generate(checkpoint, request, voice)
         rows["transformers bf16"] = {**speed(seconds, args.frames), **quality(audio, reference)}
         show("transformers bf16", rows["transformers bf16"])
 
-    bf16 = Synthesizer(runtime, checkpoint.processor, eager)
-    timed_synthesis(bf16, request)
-    eager_audio, seconds = timed_synthesis(bf16, request)
-    rows["engine bf16 eager"] = {**speed(seconds, args.frames), **quality(eager_audio, reference)}
-    show("engine bf16 eager", rows["engine bf16 eager"])
-    del bf16
+    eager_engine = Synthesizer(runtime, checkpoint.processor, eager)
+    timed_synthesis(eager_engine, request)
+    eager_audio, seconds = timed_synthesis(eager_engine, request)
+    rows[f"{ours} eager"] = {**speed(seconds, args.frames), **quality(eager_audio, reference)}
+    show(f"{ours} eager", rows[f"{ours} eager"])
+    del eager_engine
 
     graphs = Synthesizer(runtime, checkpoint.processor,
                          EngineSettings(max_streams=max(args.streams), max_context=args.max_context))
@@ -178,11 +184,11 @@ def main() -> None:
     report["ready_s"] = report["build_s"] + report["warm_up_s"]  # weights on the GPU, every graph captured
     timed_synthesis(graphs, request)
     audio, seconds = timed_synthesis(graphs, request)
-    rows["engine bf16 cuda graphs"] = {**speed(seconds, args.frames), **quality(audio, reference),
-                                       "first_frames_vs_bf16_eager": frame_errors(audio, eager_audio)}
-    show("engine bf16 cuda graphs", rows["engine bf16 cuda graphs"])
-    print("cuda graphs against bf16 eager, first frames:",
-          " ".join(f"{e:.1e}" for e in rows["engine bf16 cuda graphs"]["first_frames_vs_bf16_eager"]), flush=True)
+    rows[f"{ours} cuda graphs"] = {**speed(seconds, args.frames), **quality(audio, reference),
+                                   "first_frames_vs_eager": frame_errors(audio, eager_audio)}
+    show(f"{ours} cuda graphs", rows[f"{ours} cuda graphs"])
+    print(f"cuda graphs against {args.precision} eager, first frames:",
+          " ".join(f"{e:.1e}" for e in rows[f"{ours} cuda graphs"]["first_frames_vs_eager"]), flush=True)
     report["single_stream"] = rows
 
     latents = encode_voices(runtime, [voice])[0]
@@ -203,16 +209,16 @@ def main() -> None:
     if args.compile:
         del graphs
         started = time.perf_counter()
-        compiled_runtime = TorchRuntime(checkpoint, "cuda", torch.bfloat16, compile=True)
+        compiled_runtime = TorchRuntime(checkpoint, "cuda", held.dtype, compile=True, quantized=held.quantized)
         compiled = Synthesizer(compiled_runtime, checkpoint.processor,
                                EngineSettings(max_streams=max(args.streams), max_context=args.max_context))
         timed_synthesis(compiled, request)
         report["compile_ready_s"] = time.perf_counter() - started
         audio, seconds = timed_synthesis(compiled, request)
         row = {**speed(seconds, args.frames), **quality(audio, reference),
-               "first_frames_vs_bf16_eager": frame_errors(audio, eager_audio)}
-        rows["engine bf16 cuda graphs + compile"] = row
-        show("engine bf16 cuda graphs + compile", row)
+               "first_frames_vs_eager": frame_errors(audio, eager_audio)}
+        rows[f"{ours} cuda graphs + compile"] = row
+        show(f"{ours} cuda graphs + compile", row)
         print(f"ready after compilation and captures: {report['compile_ready_s']:.1f} s", flush=True)
         report["compiled_sweep"] = [run_bench(compiled, frames=args.frames, streams=s, cached_voice=True).as_dict()
                                     for s in args.streams for _ in range(2)][1::2]

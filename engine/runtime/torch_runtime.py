@@ -19,10 +19,10 @@ class TorchRuntime(Runtime):
         """`voice_encoder_only` moves just the acoustic encoder to `device`; only `encode_voice` may be called.
         `compile` runs the frame's pieces (LM layers, diffusion solve, streaming decoder and semantic encoder)
         through torch.compile, with dynamic shapes so that one compilation serves every batch size.
-        `quantized` ("fp8" or "int8") stores the LM decoder layers' linear weights in 8 bits (engine/quantize.py,
-        weight-only);
-        embeddings, the scored lm_head rows, the diffusion head and the convolutional tokenizers stay in `dtype`.
-        The checkpoint's model is converted in place."""
+        `quantized` ("fp8" or "int8") stores the LM decoder layers' linear weights and the diffusion head layers'
+        FFN weights in 8 bits (engine/quantize.py, weight-only): the products a frame streams most bytes of.
+        Embeddings, the scored lm_head rows, the head's modulation and projections and the convolutional tokenizers
+        stay in `dtype`. The checkpoint's model is converted in place."""
         self.device = torch.device(device)
         self.dtype = dtype
         self.quantized = None if voice_encoder_only else quantized
@@ -35,6 +35,8 @@ class TorchRuntime(Runtime):
         model.to(self.device, dtype)
         if quantized:  # after the cast: the 8-bit weights and their float32 scales must not be cast again
             quantize_linears(inner.language_model.layers, quantized)
+            for layer in inner.diffusion_head.layers:
+                quantize_linears(layer.ffn, quantized)
         if self.device.type == "cuda":
             if self.device.index is not None:  # streams and graph captures follow the current device
                 torch.cuda.set_device(self.device)
@@ -57,7 +59,7 @@ class TorchRuntime(Runtime):
         held = str(self.dtype).removeprefix("torch.")
         if self.quantized:
             how = "Triton kernels" if self.device.type == "cuda" else "float32 products"
-            held += f", {self.quantized} LM weights ({how})"
+            held += f", {self.quantized} LM and diffusion-head FFN weights ({how})"
         return f"{self.name} on {self.device} ({held})"
 
     @torch.no_grad()

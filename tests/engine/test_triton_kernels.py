@@ -214,6 +214,12 @@ FEW_ROWS_CASES = [  # (rows, dtype, norm, activation, bias, residual, layer scal
     (1, "bf16", False, "silu_glu", True, True, False, (16, 64, 3, 4, 2)),
     (5, "fp32", True, "gelu", False, True, True, (32, 128, 2, 4, 2)),
     (16, "bf16", True, None, True, True, False, None),
+    # 8-bit weights with output scales (fp8: x quantized per activation group; int8: x's dtype)
+    (2, "fp8", True, None, True, False, False, None),
+    (16, "fp8", True, "silu_glu", False, False, False, (16, 128, 3, 4, 2)),
+    (2, "int8", False, None, False, True, False, (16, 64, 3, 4, 2)),
+    (7, "int8", True, "silu_glu", False, False, False, None),
+    (1, "fp8", False, "gelu", True, True, True, None),
 ]
 
 
@@ -223,13 +229,21 @@ def test_few_rows_linear_equals_linear_blocks_torch_ops(kernels, rows, kind, nor
     """few_rows_linear against engine.network.linear_block's torch ops (RMSNorm, product, silu(gate) * up or GELU,
     residual, each rounded): widths that are not multiples of the tiles, split inner widths. They differ in float32
     summation order, and Triton's interpreter truncates casts to bf16 (the GPU rounds to nearest): at most a step of
-    the dtype per rounding, of which silu(gate) * up takes three after the product."""
+    the dtype per rounding, of which silu(gate) * up takes three after the product. 8-bit weights: against
+    engine.quantize's arithmetic (the 8-bit values times x, summed in float32, scaled)."""
+    from engine.quantize import quantize_rows
+
     generator = torch.Generator().manual_seed(rows)
     dtype = torch.float32 if kind == "fp32" else torch.bfloat16
     outputs, inner = 40, 300
     glu = activation == "silu_glu"
-    weight = (torch.randn(2 * outputs if glu else outputs, inner, generator=generator) * inner ** -0.5).to(dtype)
-    params = (weight, torch.randn(weight.shape[0], generator=generator).to(dtype) if bias else None)
+    weight = torch.randn(2 * outputs if glu else outputs, inner, generator=generator) * inner ** -0.5
+    scale = None
+    if kind in ("fp8", "int8"):
+        weight, scale = quantize_rows(weight, kind)
+        scale = scale[:, 0]
+    bias = torch.randn(weight.shape[0], generator=generator).to(dtype) if bias else None
+    params = (weight.to(dtype), bias) if scale is None else (weight, bias, scale)
     x = torch.randn(rows, inner, generator=generator).to(dtype)
     around = {"norm": (torch.rand(inner, generator=generator).to(dtype) + 0.5, 1e-6) if norm else None,
               "activation": activation,
@@ -242,11 +256,16 @@ def test_few_rows_linear_equals_linear_blocks_torch_ops(kernels, rows, kind, nor
     torch.testing.assert_close(ours, expected, rtol=step, atol=step * float(expected.abs().max()))
 
 
-def test_few_rows_linear_refuses_many_rows_and_unknown_activations(kernels):
+def test_few_rows_linear_refuses_many_rows_unknown_activations_and_fp8_steps_but_a_group(kernels):
     with pytest.raises(ValueError, match="at most 16 rows, got 17"):
         kernels.few_rows_linear(torch.zeros(17, 8), torch.zeros(4, 8))
     with pytest.raises(ValueError, match="unknown activation 'relu'; choose one of silu_glu, gelu"):
         kernels.few_rows_linear(torch.zeros(2, 8), torch.zeros(4, 8), activation="relu")
+    fp8 = torch.zeros(4, 256, dtype=torch.float8_e4m3fn), None, torch.ones(4)
+    with pytest.raises(ValueError, match="fp8 weights take 128 inputs per step .one activation group., got 64"):
+        kernels.few_rows_linear(torch.zeros(2, 256), *fp8, launch=(16, 64, 1, 4, 2))
+    with pytest.raises(ValueError, match="fp8 weights take 128 inputs per step .one activation group., got 256"):
+        kernels.scaled_linear(torch.zeros(2, 256), fp8[0], fp8[2], launch=(16, 16, 256, 4))
 
 
 @pytest.mark.parametrize("outputs, inner, glu, norm, launch", [
@@ -260,3 +279,23 @@ def test_few_rows_linear_refuses_many_rows_and_unknown_activations(kernels):
 def test_few_rows_launch_follows_the_measured_rule(kernels, monkeypatch, outputs, inner, glu, norm, launch):
     monkeypatch.setattr(kernels, "_processors", lambda device: 132)  # an H200's
     assert kernels.few_rows_launch(torch.empty(outputs, inner, device="meta"), glu, norm) == launch
+
+
+@pytest.mark.parametrize("dtype, outputs, inner, glu, launch", [
+    (torch.float8_e4m3fn, 2048, 1536, False, (128, 128, 4, 8, 4)),  # 1.5B qkv: splits of at least 384 inputs
+    (torch.float8_e4m3fn, 3584, 18944, False, (128, 128, 8, 8, 4)),  # 7B down: at most 8 splits
+    (torch.float8_e4m3fn, 9216, 1536, True, (128, 128, 2, 8, 4)),  # 1.5B head gate-up: 72 programs fit twice
+    (torch.float8_e4m3fn, 17920, 1536, True, (128, 128, 1, 8, 4)),  # 1.5B gate-up: 70 tiles, unsplit
+    (torch.int8, 1536, 8960, False, (32, 256, 8, 4, 4)),
+])
+def test_eight_bit_few_row_launches_follow_the_measured_rule(kernels, monkeypatch, dtype, outputs, inner, glu,
+                                                             launch):
+    monkeypatch.setattr(kernels, "_processors", lambda device: 132)
+    assert kernels.few_rows_launch(torch.empty(outputs, inner, dtype=dtype, device="meta"), glu, True) == launch
+
+
+def test_int8_gate_up_products_stay_with_scaled_linear(kernels):
+    int8, fp8 = torch.empty(4, 8, dtype=torch.int8), torch.empty(4, 8, dtype=torch.float8_e4m3fn)
+    assert not kernels.few_rows_suits(int8, "silu_glu")
+    assert kernels.few_rows_suits(int8, None) and kernels.few_rows_suits(fp8, "silu_glu")
+    assert kernels.few_rows_suits(torch.empty(4, 8), "silu_glu")
