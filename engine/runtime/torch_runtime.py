@@ -20,7 +20,8 @@ class TorchRuntime(Runtime):
         `compile` runs the frame's pieces (LM layers, diffusion solve, streaming decoder and semantic encoder)
         through torch.compile, with dynamic shapes so that one compilation serves every batch size.
         `quantized` ("fp8" or "int8") stores the LM decoder layers' linear weights and the diffusion head layers'
-        FFN weights in 8 bits (engine/quantize.py, weight-only): the products a frame streams most bytes of.
+        FFN weights in 8 bits (engine/quantize.py; fp8 quantizes the activations too, int8 is weight-only): the
+        products a frame streams most bytes of.
         Embeddings, the scored lm_head rows, the head's modulation and projections and the convolutional tokenizers
         stay in `dtype`. The checkpoint's model is converted in place."""
         self.device = torch.device(device)
