@@ -551,7 +551,7 @@ FEW_ROWS_SPLIT_INNER = 1024
 EIGHT_BIT_LAUNCH = {torch.float8_e4m3fn: (128, 128, 8, 4), torch.int8: (32, 256, 4, 4)}
 EIGHT_BIT_SPLIT_INNER, EIGHT_BIT_SPLITS = 384, 8
 ACTIVATION_GROUP = quantize.ACTIVATION_GROUP
-E4M3_MAX = tl.constexpr(torch.finfo(torch.float8_e4m3fn).max)
+E4M3_MAX = tl.constexpr(quantize.E4M3_MAX)
 SMALLEST_SCALE = tl.constexpr(quantize.SMALLEST_SCALE)
 EMULATED_FP8_ROUNDING = tl.constexpr(INTERPRETED)
 
@@ -623,15 +623,12 @@ def _few_rows_linear_kernel(x_ptr, norm_ptr, w_ptr, scale_ptr, bias_ptr, residua
         if GLU:
             w_up = tl.load(w_ptr + (N + n)[:, None] * K + k[None, :], mask=outputs[:, None] & inner[None, :],
                            other=0.0)
-        if FP8:  # each group's sums scaled by the group's scale
+        group_scale = None
+        if FP8:
             xk, group_scale = _fp8_activations(xk)
-            acc += _weight_product(w, xk, OPERAND) * group_scale[None, :]
-            if GLU:
-                up += _weight_product(w_up, xk, OPERAND) * group_scale[None, :]
-        else:
-            acc += _weight_product(w, xk, OPERAND)
-            if GLU:
-                up += _weight_product(w_up, xk, OPERAND)
+        acc += _weight_product(w, xk, OPERAND, FP8, group_scale)
+        if GLU:
+            up += _weight_product(w_up, xk, OPERAND, FP8, group_scale)
     if SPLIT:  # float32 sums per split, reduced in split order by _few_rows_reduce_kernel (which scales them)
         width = 2 * N if GLU else N
         partial = partial_ptr + tl.program_id(1) * ROWS * width + m[None, :] * width + n[:, None]
@@ -647,11 +644,14 @@ def _few_rows_linear_kernel(x_ptr, norm_ptr, w_ptr, scale_ptr, bias_ptr, residua
 
 
 @triton.jit
-def _weight_product(w, xk, OPERAND: tl.constexpr):
+def _weight_product(w, xk, OPERAND: tl.constexpr, FP8: tl.constexpr, group_scale):
     """A weight tile [BLOCK_N, BLOCK_K] times x's [ROWS, BLOCK_K] -> float32 sums [BLOCK_N, ROWS], the operands
-    converted to OPERAND (float32: IEEE products)."""
+    converted to OPERAND (float32: IEEE products); FP8: x's fp8 values, each row's sums times its group_scale."""
     precision: tl.constexpr = "ieee" if OPERAND == tl.float32 else None
-    return tl.dot(w.to(OPERAND), tl.trans(xk.to(OPERAND)), input_precision=precision)
+    product = tl.dot(w.to(OPERAND), tl.trans(xk.to(OPERAND)), input_precision=precision)
+    if FP8:
+        product = product * group_scale[None, :]
+    return product
 
 
 @triton.jit
@@ -738,6 +738,7 @@ def few_rows_linear(x, weight, bias=None, scale=None, *, norm=None, activation=N
     glu = activation == "silu_glu"
     outputs = weight.shape[0] // 2 if glu else weight.shape[0]
     block_n, block_k, splits, warps, stages = launch or few_rows_launch(weight, glu, norm is not None)
+    fp8 = _fp8_weight(weight, block_k)
     split_inner = triton.cdiv(triton.cdiv(inner, splits), block_k) * block_k
     splits = triton.cdiv(inner, split_inner)  # no empty split
     x = x.contiguous()
@@ -747,9 +748,6 @@ def few_rows_linear(x, weight, bias=None, scale=None, *, norm=None, activation=N
     if splits > 1:
         partial = torch.empty(splits, FEW_ROWS, weight.shape[0], dtype=torch.float32, device=x.device)
         squares = torch.empty(splits, FEW_ROWS, dtype=torch.float32, device=x.device) if norm is not None else None
-    fp8 = weight.dtype == torch.float8_e4m3fn
-    if fp8 and block_k != ACTIVATION_GROUP:
-        raise ValueError(f"fp8 weights take {ACTIVATION_GROUP} inputs per step (one activation group), got {block_k}")
     flags = dict(NORM=norm is not None, GLU=glu, GELU=activation == "gelu", SCALED=scale is not None,
                  HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, LAYER_SCALE=layer_scale is not None,
                  ROWS=FEW_ROWS)
@@ -765,6 +763,14 @@ def few_rows_linear(x, weight, bias=None, scale=None, *, norm=None, activation=N
             partial, squares, scale, bias, residual, layer_scale, out, rows, outputs, inner, eps, splits,
             BLOCK_N=reduce_block, **flags, **launch_options)
     return out
+
+
+def _fp8_weight(weight: torch.Tensor, block_k: int) -> bool:
+    """Whether a product's weight is fp8, whose kernels step over the inputs one activation group at a time."""
+    fp8 = weight.dtype == torch.float8_e4m3fn
+    if fp8 and block_k != ACTIVATION_GROUP:
+        raise ValueError(f"fp8 weights take {ACTIVATION_GROUP} inputs per step (one activation group), got {block_k}")
+    return fp8
 
 
 def _operand(x_dtype: torch.dtype, weight_dtype: torch.dtype):
@@ -874,9 +880,7 @@ def scaled_linear(x, weight, scale, bias=None, residual=None, *, launch: tuple[i
     if weight.stride(1) != 1 or weight.stride(0) != inner:
         raise ValueError("scaled_linear needs a contiguous [out, in] weight")
     block_m, block_n, block_k, warps = launch or scaled_linear_launch(rows, outputs, inner, weight.dtype)
-    fp8 = weight.dtype == torch.float8_e4m3fn
-    if fp8 and block_k != ACTIVATION_GROUP:
-        raise ValueError(f"fp8 weights take {ACTIVATION_GROUP} inputs per step (one activation group), got {block_k}")
+    fp8 = _fp8_weight(weight, block_k)
     out = torch.empty(rows, outputs, dtype=x.dtype, device=x.device)
     _scaled_linear_kernel[(triton.cdiv(outputs, block_n), triton.cdiv(rows, block_m))](
         flat, weight, scale, bias, None if residual is None else residual.reshape(rows, outputs).contiguous(), out,
