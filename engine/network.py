@@ -76,10 +76,10 @@ class CachedLanguageModelStep(nn.Module):
     captured step is bound by their count, not by bytes: q, k and v in one product, gate and up in one, residuals
     added by the products (addmm), fused RMSNorm, and the rotary tables and attention mask built once per step
     rather than per layer. On CUDA (`triton`: None, the default, means on CUDA tensors where Triton imports) the
-    rotary embedding with the KV write, the attention (over each row's live positions only) and the MLP's silu * up
-    are one Triton kernel each (`rotary_kv_write`, `attend`, `silu_mul`; their torch twins are in this module), and
+    rotary embedding with the KV write and the attention (over each row's live positions only) are one Triton
+    kernel, the MLP's silu * up another (`rotary_attend`, `silu_mul`; their torch twins are in this module), and
     up to FEW_ROWS rows (8 streams) each product is one kernel with its norm, silu * up or residual
-    (`linear_block`: few_rows_linear).
+    (`linear_block`: few_rows_linear), the qkv product's split sums finished by rotary_attend.
     With `compile`, each decoder layer runs as one torch.compile'd function of its weights (compiled once, shared
     by every layer, dynamic shapes), on torch ops.
     """
@@ -155,21 +155,29 @@ def rotary_kv_write(qkv, cos, sin, keys, values, positions, heads: int, kv_heads
 
 def attend(q, keys, values, mask, positions, scale: float):
     """Attention of one new token per row: q [R, heads, 1, d] over keys/values [R, kv, T, d] where the additive
-    `mask` [R, 1, 1, T] allows (positions <= `positions` [R]: the Triton kernel reads those instead)."""
+    `mask` [R, 1, 1, T] allows (positions <= `positions` [R])."""
     return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale, enable_gqa=True)
 
 
+def rotary_attend(qkv, cos, sin, keys, values, mask, positions, heads: int, kv_heads: int, scale: float):
+    """A layer's attention from its qkv product [R, (heads + 2 kv) d]: rotary_kv_write, then attend ->
+    [R, heads, 1, d]. (The Triton kernel reads `positions` instead of the mask.)"""
+    q = rotary_kv_write(qkv, cos, sin, keys, values, positions, heads, kv_heads)
+    return attend(q, keys, values, mask, positions, scale)
+
+
 def linear_block(x, params: tuple, ops, *, norm: tuple | None = None, activation: str | None = None, residual=None,
-                 layer_scale=None):
+                 layer_scale=None, unreduced: bool = False):
     """A linear (`linear_params`) with what surrounds it in a layer: x's RMSNorm first (`norm`: weight, eps); after
     it `activation` "silu_glu" (silu(gate) * up of a fused gate-up product) or "gelu" (exact), then a residual added
     (by the product where it can: addmm), the product first multiplied by `layer_scale` (addcmul). Where `ops` has
     few_rows_linear (engine.triton_kernels), x has at most ops.FEW_ROWS rows and the product suits it (float or
-    8-bit weights: ops.few_rows_suits), that one kernel."""
+    8-bit weights: ops.few_rows_suits), that one kernel; `unreduced` (the caller passes the result to an op of
+    `ops` that takes ops.SplitSums): its split sums left for that op to finish."""
     if (getattr(ops, "few_rows_linear", None) and x.shape[0] <= ops.FEW_ROWS
             and ops.few_rows_suits(params[0], activation)):
         return ops.few_rows_linear(x, *params, norm=norm, activation=activation, residual=residual,
-                                   layer_scale=layer_scale)
+                                   layer_scale=layer_scale, reduce=not unreduced)
     if norm is not None:
         x = F.rms_norm(x, x.shape[-1:], *norm)
     if activation is None and layer_scale is None:
@@ -189,12 +197,12 @@ def linear_block(x, params: tuple, ops, *, norm: tuple | None = None, activation
 def cached_decoder_layer(hidden, w, cos, sin, keys, values, positions, mask, heads: int, kv_heads: int, ops):
     """One Qwen2 decoder layer for one new token per row (hidden [R, H]), writing its key and value into
     `keys`/`values` [R, kv, context, d] at `positions` and attending with the additive `mask` [R, 1, 1, context].
-    `sin` carries rotate_half's sign (see CachedLanguageModelStep); `ops` holds rotary_kv_write, attend and
-    silu_mul (this module's torch ops or engine.triton_kernels, which also has few_rows_linear: linear_block)."""
+    `sin` carries rotate_half's sign (see CachedLanguageModelStep); `ops` holds rotary_attend and silu_mul (this
+    module's torch ops or engine.triton_kernels, which also has few_rows_linear: linear_block, whose qkv sums its
+    rotary_attend finishes)."""
     rows, head_dim = hidden.shape[0], keys.shape[-1]
-    qkv = linear_block(hidden, w["qkv"], ops, norm=w["norm1"])
-    q = ops.rotary_kv_write(qkv, cos, sin, keys, values, positions, heads, kv_heads)
-    out = ops.attend(q, keys, values, mask, positions, w["scaling"])
+    qkv = linear_block(hidden, w["qkv"], ops, norm=w["norm1"], unreduced=True)
+    out = ops.rotary_attend(qkv, cos, sin, keys, values, mask, positions, heads, kv_heads, w["scaling"])
     hidden = linear_block(out.reshape(rows, heads * head_dim), w["o"], ops, residual=hidden)
     x = linear_block(hidden, w["gate_up"], ops, norm=w["norm2"], activation="silu_glu")
     return linear_block(x, w["down"], ops, residual=hidden)
@@ -336,7 +344,8 @@ class DiffusionSolver(nn.Module):
     every step's timestep embedding, and every layer's adaLN modulation (shift, 1 + scale, gate) for every step.
     Each step then runs the noisy-latent projection, per layer the MLP's two products (gate and up fused) with
     silu_mul between them (`linear_block`: at few rows, one kernel with the first product) and
-    residual_modulated_norm after (the gated residual and the next layer's norm and modulation), and guided_update
+    residual_modulated_norm after (the gated residual and the next layer's norm and modulation; at few rows it
+    finishes the second product's split sums), and guided_update
     (guidance and the solver's update). Those three are one Triton kernel each on
     CUDA (`triton`: None, the default, means on CUDA tensors where Triton imports), torch ops elsewhere (the functions
     above). The head's modules keep views of the fused weights.
@@ -379,7 +388,7 @@ class DiffusionSolver(nn.Module):
             normed = ops.modulated_norm(hidden, *self.norms[0], chunk[:, 0], chunk[:, 1])
             for j, layer in enumerate(head.layers):
                 hidden_units = linear_block(normed, self.gate_up[j], ops, activation="silu_glu")
-                update = linear_block(hidden_units, self.down[j], ops)
+                update = linear_block(hidden_units, self.down[j], ops, unreduced=True)
                 shift, scale = chunk[:, 3 * j + 3], chunk[:, 3 * j + 4]  # the next layer's, or the final layer's
                 hidden, normed = ops.residual_modulated_norm(hidden, chunk[:, 3 * j + 2], update, *self.norms[j + 1],
                                                              shift, scale)

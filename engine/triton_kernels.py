@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -321,9 +322,12 @@ def block_kernels(channels: int, rows: int) -> str:
 # functions of the same names). One program per row; float32 math, each result rounded once.
 
 @triton.jit
-def _modulated_norm_kernel(hidden_ptr, gate_ptr, update_ptr, weight_ptr, shift_ptr, scale_ptr,
-                           hidden_out_ptr, normed_ptr, H, eps, modulation_stride,
-                           RESIDUAL: tl.constexpr, WEIGHTED: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+def _modulated_norm_kernel(hidden_ptr, gate_ptr, update_ptr, partial_ptr, squares_ptr, update_scale_ptr,
+                           update_bias_ptr, update_inner, update_eps, weight_ptr, shift_ptr, scale_ptr,
+                           hidden_out_ptr, normed_ptr, H, eps, modulation_stride, RESIDUAL: tl.constexpr,
+                           WEIGHTED: tl.constexpr, SUMS: tl.constexpr, SPLITS: tl.constexpr, ROWS: tl.constexpr,
+                           NORM: tl.constexpr, SCALED: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
+                           PDL: tl.constexpr):
     _after_previous_kernel(PDL)
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
@@ -333,7 +337,8 @@ def _modulated_norm_kernel(hidden_ptr, gate_ptr, update_ptr, weight_ptr, shift_p
     modulation = row * modulation_stride + cols
     if RESIDUAL:
         gate = tl.load(gate_ptr + modulation, mask=mask, other=0.0).to(tl.float32)
-        update = tl.load(update_ptr + row * H + cols, mask=mask, other=0.0).to(tl.float32)
+        update = _product_values(update_ptr, partial_ptr, squares_ptr, update_scale_ptr, update_bias_ptr, cols, row,
+                                 mask, H, update_inner, update_eps, SUMS, SPLITS, ROWS, NORM, SCALED, HAS_BIAS, dtype)
         hidden = (hidden + gate * update).to(dtype)
         tl.store(hidden_out_ptr + row * H + cols, hidden, mask=mask)
         hidden = hidden.to(tl.float32)
@@ -355,10 +360,11 @@ def _modulated_norm(hidden, gate, update, weight, eps, shift, scale):
     normed = torch.empty_like(hidden)
     hidden_out = torch.empty_like(hidden) if gate is not None else hidden
     block = triton.next_power_of_2(width)
-    _modulated_norm_kernel[(rows,)](hidden, gate, update.contiguous() if update is not None else None, weight, shift,
-                                    scale, hidden_out, normed, width, eps, shift.stride(0),
-                                    RESIDUAL=gate is not None, WEIGHTED=weight is not None, BLOCK=block,
-                                    num_warps=min(16, max(1, block // 256)), **_dependent_launch(hidden.device))
+    update_arguments, update_flags = _product_arguments(update)
+    _modulated_norm_kernel[(rows,)](hidden, gate, *update_arguments, weight, shift, scale, hidden_out, normed, width,
+                                    eps, shift.stride(0), RESIDUAL=gate is not None, WEIGHTED=weight is not None,
+                                    BLOCK=block, num_warps=min(16, max(1, block // 256)), **update_flags,
+                                    **_dependent_launch(hidden.device))
     return hidden_out, normed
 
 
@@ -369,7 +375,8 @@ def modulated_norm(hidden, weight, eps, shift, scale):
 
 
 def residual_modulated_norm(hidden, gate, update, weight, eps, shift, scale):
-    """(hidden + gate * update, then modulated_norm of that): a layer's gated residual and the next norm."""
+    """(hidden + gate * update, then modulated_norm of that): a layer's gated residual and the next norm; `update`
+    a tensor or a few-row product's SplitSums, finished here as they are loaded."""
     return _modulated_norm(hidden, gate, update, weight, eps, shift, scale)
 
 
@@ -432,96 +439,99 @@ def guided_update(v, x, previous_x0, cfg, coefficients):
     return x_out, x0
 
 
-# --- the cached LM step's rotary embedding and KV write, and its attention (engine.network.cached_decoder_layer;
-# their torch twins are engine.network's functions of the same names)
+# --- the cached LM step's attention with its rotary embedding and KV write (engine.network.rotary_attend, the
+# torch twin, and cached_decoder_layer)
 
 @triton.jit
-def _rotary_kv_write_kernel(qkv_ptr, cos_ptr, sin_ptr, positions_ptr, q_ptr, keys_ptr, values_ptr,
-                            HEADS, KV_HEADS, skr, skh, skt, svr, svh, svt, D: tl.constexpr, PDL: tl.constexpr):
-    _after_previous_kernel(PDL)
-    row, head = tl.program_id(0), tl.program_id(1)
-    i = tl.arange(0, D)
-    dtype = q_ptr.dtype.element_ty
-    base = qkv_ptr + row * (HEADS + 2 * KV_HEADS) * D + head * D
-    x = tl.load(base + i).to(tl.float32)
-    rolled = tl.load(base + (i + D // 2) % D).to(tl.float32)  # roll by half: rotate_half up to sin's sign
-    rotated = (x * tl.load(cos_ptr + row * D + i).to(tl.float32)
-               + rolled * tl.load(sin_ptr + row * D + i).to(tl.float32)).to(dtype)
-    if head < HEADS:
-        tl.store(q_ptr + (row * HEADS + head) * D + i, rotated)
-    else:
-        kv = head - HEADS
-        position = tl.load(positions_ptr + row)
-        tl.store(keys_ptr + row * skr + kv * skh + position * skt + i, rotated)
-        value = tl.load(qkv_ptr + row * (HEADS + 2 * KV_HEADS) * D + (HEADS + KV_HEADS + kv) * D + i)
-        tl.store(values_ptr + row * svr + kv * svh + position * svt + i, value)
-
-
-def rotary_kv_write(qkv, cos, sin, keys, values, positions, heads: int, kv_heads: int):
-    """qkv [R, (heads + 2 kv) d], cos/sin [R, d] (sin carrying rotate_half's sign): rotates q and k, writes k and v
-    into keys/values [R, kv, T, d] (any strides, last contiguous) at `positions` [R]; returns q [R, heads, 1, d]."""
-    rows, head_dim = qkv.shape[0], cos.shape[-1]
-    if keys.stride(-1) != 1 or values.stride(-1) != 1:
-        raise ValueError("the KV caches' last dimension must be contiguous")
-    q = torch.empty(rows, heads, 1, head_dim, dtype=qkv.dtype, device=qkv.device)
-    _rotary_kv_write_kernel[(rows, heads + kv_heads)](qkv.contiguous(), cos.contiguous(), sin.contiguous(),
-                                                      positions, q, keys, values, heads, kv_heads,
-                                                      *keys.stride()[:3], *values.stride()[:3], D=head_dim,
-                                                      **_dependent_launch(qkv.device))
-    return q
+def _rotated(product_ptr, partial_ptr, squares_ptr, scale_ptr, bias_ptr, head, d, cos, sin, row, heads, width, K,
+             eps, SUMS: tl.constexpr, SPLITS: tl.constexpr, ROWS: tl.constexpr, NORM: tl.constexpr,
+             SCALED: tl.constexpr, HAS_BIAS: tl.constexpr, D: tl.constexpr, dtype):
+    """The qkv product's heads starting at offsets `head` (`heads` their mask) of `row`, rotated (x * cos + x rolled
+    by half a head * sin) and rounded to dtype; head, d, cos and sin shaped to broadcast."""
+    x = _product_values(product_ptr, partial_ptr, squares_ptr, scale_ptr, bias_ptr, head + d, row, heads, width, K,
+                        eps, SUMS, SPLITS, ROWS, NORM, SCALED, HAS_BIAS, dtype)
+    rolled = _product_values(product_ptr, partial_ptr, squares_ptr, scale_ptr, bias_ptr, head + (d + D // 2) % D, row,
+                             heads, width, K, eps, SUMS, SPLITS, ROWS, NORM, SCALED, HAS_BIAS, dtype)
+    return (x * cos + rolled * sin).to(dtype)
 
 
 @triton.jit
-def _attend_kernel(q_ptr, keys_ptr, values_ptr, positions_ptr, out_ptr, T, scale,
-                   skr, skh, skt, svr, svh, svt, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr,
-                   BLOCK_N: tl.constexpr, DOT_FP32: tl.constexpr, PDL: tl.constexpr):
+def _rotary_attend_kernel(product_ptr, partial_ptr, squares_ptr, scale_ptr, bias_ptr, K, eps,
+                          cos_ptr, sin_ptr, positions_ptr, keys_ptr, values_ptr, out_ptr, T, softmax_scale,
+                          skr, skh, skt, svr, svh, svt, SUMS: tl.constexpr, SPLITS: tl.constexpr, ROWS: tl.constexpr,
+                          NORM: tl.constexpr, SCALED: tl.constexpr, HAS_BIAS: tl.constexpr, GROUP: tl.constexpr,
+                          BLOCK_G: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, DOT_FP32: tl.constexpr,
+                          PDL: tl.constexpr):
+    """Row program_id(0)'s query heads that share key/value head program_id(1): their q and the row's new k rotated
+    and rounded, k and v written into the caches at the row's position, then attention over the row's live
+    positions (online softmax)."""
     _after_previous_kernel(PDL)
     row, kv = tl.program_id(0), tl.program_id(1)
+    kv_heads = tl.num_programs(1)
+    heads = kv_heads * GROUP
+    width = (heads + 2 * kv_heads) * D
+    dtype = out_ptr.dtype.element_ty
     g = tl.arange(0, BLOCK_G)
     d = tl.arange(0, D)
-    heads = kv * GROUP + g  # the query heads that share this key/value head
-    q = tl.load(q_ptr + (row * tl.num_programs(1) * GROUP + heads)[:, None] * D + d[None, :],
-                mask=(g < GROUP)[:, None], other=0.0)
-    operand = tl.float32 if DOT_FP32 else q.dtype
+    query_heads = kv * GROUP + g
+    grouped = (g < GROUP)[:, None]
+    cos = tl.load(cos_ptr + row * D + d).to(tl.float32)
+    sin = tl.load(sin_ptr + row * D + d).to(tl.float32)
+    q = _rotated(product_ptr, partial_ptr, squares_ptr, scale_ptr, bias_ptr, query_heads[:, None] * D, d[None, :],
+                 cos[None, :], sin[None, :], row, grouped, width, K, eps, SUMS, SPLITS, ROWS, NORM, SCALED, HAS_BIAS,
+                 D, dtype)
+    everywhere = d < D
+    k = _rotated(product_ptr, partial_ptr, squares_ptr, scale_ptr, bias_ptr, (heads + kv) * D, d, cos, sin, row,
+                 everywhere, width, K, eps, SUMS, SPLITS, ROWS, NORM, SCALED, HAS_BIAS, D, dtype)
+    v = _product_values(product_ptr, partial_ptr, squares_ptr, scale_ptr, bias_ptr, (heads + kv_heads + kv) * D + d,
+                        row, everywhere, width, K, eps, SUMS, SPLITS, ROWS, NORM, SCALED, HAS_BIAS, dtype).to(dtype)
+    position = tl.load(positions_ptr + row)
+    tl.store(keys_ptr + row * skr + kv * skh + position * skt + d, k)
+    tl.store(values_ptr + row * svr + kv * svh + position * svt + d, v)
+    tl.debug_barrier()  # the program's own writes, visible to all its threads before the loop reads them
+
+    operand = tl.float32 if DOT_FP32 else dtype
     q = q.to(operand)
-    length = tl.minimum(tl.load(positions_ptr + row) + 1, T)  # positions past the row's own are never read
+    length = tl.minimum(position + 1, T)  # positions past the row's own are never read
     best = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
     total = tl.zeros((BLOCK_G,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_G, D), dtype=tl.float32)
     for start in range(0, length, BLOCK_N):  # online softmax over the live context, BLOCK_N positions at a time
         n = start + tl.arange(0, BLOCK_N)
         live = n < length
-        k = tl.load(keys_ptr + row * skr + kv * skh + n[:, None] * skt + d[None, :], mask=live[:, None], other=0.0)
-        scores = tl.dot(q, tl.trans(k.to(operand)), input_precision="ieee" if DOT_FP32 else None) * scale
+        keys = tl.load(keys_ptr + row * skr + kv * skh + n[:, None] * skt + d[None, :], mask=live[:, None], other=0.0)
+        scores = tl.dot(q, tl.trans(keys.to(operand)), input_precision="ieee" if DOT_FP32 else None) * softmax_scale
         scores = tl.where(live[None, :], scores, float("-inf"))
         new_best = tl.maximum(best, tl.max(scores, axis=1))
         weights = tl.exp(scores - new_best[:, None])
         correction = tl.exp(best - new_best)
         total = total * correction + tl.sum(weights, axis=1)
-        v = tl.load(values_ptr + row * svr + kv * svh + n[:, None] * svt + d[None, :], mask=live[:, None], other=0.0)
-        update = tl.dot(weights.to(operand), v.to(operand), input_precision="ieee" if DOT_FP32 else None)
+        values = tl.load(values_ptr + row * svr + kv * svh + n[:, None] * svt + d[None, :], mask=live[:, None],
+                         other=0.0)
+        update = tl.dot(weights.to(operand), values.to(operand), input_precision="ieee" if DOT_FP32 else None)
         acc = acc * correction[:, None] + update
         best = new_best
     out = acc / total[:, None]
-    tl.store(out_ptr + (row * tl.num_programs(1) * GROUP + heads)[:, None] * D + d[None, :],
-             out.to(out_ptr.dtype.element_ty), mask=(g < GROUP)[:, None])
+    tl.store(out_ptr + (row * heads + query_heads)[:, None] * D + d[None, :], out.to(dtype), mask=grouped)
 
 
-def attend(q, keys, values, mask, positions, scale: float):
-    """Attention of one new token per row: q [R, heads, 1, d] over keys/values [R, kv, T, d] (views, last dimension
-    contiguous) at positions <= `positions` [R] (what the additive `mask` [R, 1, 1, T] says too; this kernel reads
-    positions, and only the live part of the cache) -> [R, heads, 1, d]."""
-    rows, heads, _, head_dim = q.shape
-    kv_heads, context = keys.shape[1], keys.shape[2]
+def rotary_attend(qkv, cos, sin, keys, values, mask, positions, heads: int, kv_heads: int, scale: float):
+    """engine.network.rotary_attend in one kernel: qkv [R, (heads + 2 kv) d] (a tensor, or a few-row product's
+    SplitSums, finished here as they are loaded), cos/sin [R, d] (sin carrying rotate_half's sign): q and k rotated,
+    k and v written into keys/values [R, kv, T, d] (views, last dimension contiguous) at `positions` [R], then one
+    new token per row's attention over positions <= `positions` (what the additive `mask` [R, 1, 1, T] says too;
+    this kernel reads positions, and only the live part of the cache) -> [R, heads, 1, d]."""
+    rows, head_dim = cos.shape
     if keys.stride(-1) != 1 or values.stride(-1) != 1:
         raise ValueError("the KV caches' last dimension must be contiguous")
-    q = q.contiguous()
-    out = torch.empty_like(q)
+    arguments, flags = _product_arguments(qkv)
+    out = torch.empty(rows, heads, 1, head_dim, dtype=keys.dtype, device=keys.device)
     group = heads // kv_heads
-    _attend_kernel[(rows, kv_heads)](q, keys, values, positions, out, context, scale, *keys.stride()[:3],
-                                     *values.stride()[:3], GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
-                                     D=head_dim, BLOCK_N=64, DOT_FP32=q.dtype == torch.float32 or INTERPRETED,
-                                     **_dependent_launch(q.device))
+    _rotary_attend_kernel[(rows, kv_heads)](*arguments, cos.contiguous(), sin.contiguous(), positions, keys, values,
+                                            out, keys.shape[2], scale, *keys.stride()[:3], *values.stride()[:3],
+                                            GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), D=head_dim,
+                                            BLOCK_N=64, DOT_FP32=keys.dtype == torch.float32 or INTERPRETED,
+                                            **flags, **_dependent_launch(keys.device))
     return out
 
 
@@ -558,11 +568,11 @@ EMULATED_FP8_ROUNDING = tl.constexpr(INTERPRETED)
 
 @triton.jit
 def _rounded_output(acc, n, outputs, bias_ptr, HAS_BIAS: tl.constexpr, dtype):
-    """float32 sums [outputs, rows] -> the product as the torch ops round it: rounded, biased, rounded (as float32
-    values)."""
+    """float32 sums for outputs n (n and its mask `outputs` shaped to broadcast against them) -> the product as the
+    torch ops round it: rounded, biased, rounded (as float32 values)."""
     out = acc.to(dtype).to(tl.float32)
     if HAS_BIAS:
-        out = (out + tl.load(bias_ptr + n, mask=outputs, other=0.0).to(tl.float32)[:, None]).to(dtype).to(tl.float32)
+        out = (out + tl.load(bias_ptr + n, mask=outputs, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
     return out
 
 
@@ -574,9 +584,9 @@ def _few_rows_store(acc, up, n, m, M, N, bias_ptr, residual_ptr, layer_scale_ptr
     rounded to out's dtype as the torch ops do."""
     dtype = out_ptr.dtype.element_ty
     outputs = n < N
-    out = _rounded_output(acc, n, outputs, bias_ptr, HAS_BIAS, dtype)
+    out = _rounded_output(acc, n[:, None], outputs[:, None], bias_ptr, HAS_BIAS, dtype)
     if GLU:
-        up = _rounded_output(up, n + N, outputs, bias_ptr, HAS_BIAS, dtype)
+        up = _rounded_output(up, (n + N)[:, None], outputs[:, None], bias_ptr, HAS_BIAS, dtype)
         out = (out / (1.0 + tl.exp(-out))).to(dtype).to(tl.float32) * up
     if GELU:
         out = 0.5 * out * (1.0 + tl.erf(out * 0.7071067811865476))
@@ -678,56 +688,118 @@ def _e4m3_grid(v):
 
 
 @triton.jit
+def _scaled(acc, squares, K, eps, n, outputs, scale_ptr, NORM: tl.constexpr, SCALED: tl.constexpr):
+    """A product's float32 sums for outputs n times the RMSNorm's per-row factor (from the rows' `squares` over K
+    inputs) and the 8-bit weights' output scales; squares, n and its mask `outputs` shaped to broadcast against
+    them."""
+    if NORM:
+        acc = acc * tl.rsqrt(squares / K + eps)
+    if SCALED:
+        acc = acc * tl.load(scale_ptr + n, mask=outputs, other=0.0)
+    return acc
+
+
+@triton.jit
 def _scaled_sums(acc, up, squares, n, N, K, eps, scale_ptr, NORM: tl.constexpr, GLU: tl.constexpr,
                  SCALED: tl.constexpr):
-    """The products' float32 sums [BLOCK_N, ROWS] times the RMSNorm's per-row factor and the 8-bit weights' output
-    scales."""
-    if NORM:
-        inverse = tl.rsqrt(squares / K + eps)[None, :]
-        acc, up = acc * inverse, up * inverse
-    if SCALED:
-        outputs = n < N
-        acc = acc * tl.load(scale_ptr + n, mask=outputs, other=0.0)[:, None]
-        if GLU:
-            up = up * tl.load(scale_ptr + N + n, mask=outputs, other=0.0)[:, None]
+    """_scaled for a program's sums [BLOCK_N, ROWS] (and up's, outputs N + n, with GLU)."""
+    outputs = (n < N)[:, None]
+    acc = _scaled(acc, squares[None, :], K, eps, n[:, None], outputs, scale_ptr, NORM, SCALED)
+    if GLU:
+        up = _scaled(up, squares[None, :], K, eps, (N + n)[:, None], outputs, scale_ptr, NORM, SCALED)
     return acc, up
 
 
 @triton.jit
+def _split_sums(partial_ptr, squares_ptr, n, m, outputs, width, SPLITS: tl.constexpr, ROWS: tl.constexpr,
+                NORM: tl.constexpr):
+    """A split product's float32 sums for outputs n of rows m (shaped to broadcast; `outputs` n's mask) and (NORM)
+    the rows' squares, each summed over the SPLITS splits in split order: unrolled, so that every load is issued
+    before the first sum waits."""
+    acc = tl.load(partial_ptr + m * width + n, mask=outputs, other=0.0)
+    squares = tl.load(squares_ptr + m) if NORM else 0.0
+    for split in tl.static_range(1, SPLITS):
+        acc += tl.load(partial_ptr + split * ROWS * width + m * width + n, mask=outputs, other=0.0)
+        if NORM:
+            squares += tl.load(squares_ptr + split * ROWS + m)
+    return acc, squares
+
+
+@triton.jit
 def _few_rows_reduce_kernel(partial_ptr, squares_ptr, scale_ptr, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr, M,
-                            N, K, eps, splits, NORM: tl.constexpr, GLU: tl.constexpr, GELU: tl.constexpr,
-                            SCALED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                            LAYER_SCALE: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
-                            PDL: tl.constexpr):
+                            N, K, eps, SPLITS: tl.constexpr, NORM: tl.constexpr, GLU: tl.constexpr,
+                            GELU: tl.constexpr, SCALED: tl.constexpr, HAS_BIAS: tl.constexpr,
+                            HAS_RESIDUAL: tl.constexpr, LAYER_SCALE: tl.constexpr, ROWS: tl.constexpr,
+                            BLOCK_N: tl.constexpr, PDL: tl.constexpr):
     _after_previous_kernel(PDL)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     m = tl.arange(0, ROWS)
-    outputs = n < N
+    outputs = (n < N)[:, None]
     width = 2 * N if GLU else N
-    squares = tl.zeros((ROWS,), dtype=tl.float32)
-    acc = tl.zeros((BLOCK_N, ROWS), dtype=tl.float32)
-    up = tl.zeros((BLOCK_N, ROWS), dtype=tl.float32)
-    for split in range(splits):
-        partial = partial_ptr + split * ROWS * width + m[None, :] * width + n[:, None]
-        acc += tl.load(partial, mask=outputs[:, None], other=0.0)
-        if GLU:
-            up += tl.load(partial + N, mask=outputs[:, None], other=0.0)
-        if NORM:
-            squares += tl.load(squares_ptr + split * ROWS + m)
-    acc, up = _scaled_sums(acc, up, squares, n, N, K, eps, scale_ptr, NORM, GLU, SCALED)
+    acc, squares = _split_sums(partial_ptr, squares_ptr, n[:, None], m[None, :], outputs, width, SPLITS, ROWS, NORM)
+    acc = _scaled(acc, squares, K, eps, n[:, None], outputs, scale_ptr, NORM, SCALED)
+    up = acc
+    if GLU:
+        up, _ = _split_sums(partial_ptr, squares_ptr, (N + n)[:, None], m[None, :], outputs, width, SPLITS, ROWS,
+                            False)
+        up = _scaled(up, squares, K, eps, (N + n)[:, None], outputs, scale_ptr, NORM, SCALED)
     _few_rows_store(acc, up, n, m, M, N, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr, HAS_BIAS, GLU,
                     GELU, HAS_RESIDUAL, LAYER_SCALE)
 
 
+@triton.jit
+def _product_values(product_ptr, partial_ptr, squares_ptr, scale_ptr, bias_ptr, n, m, outputs, width, K, eps,
+                    SUMS: tl.constexpr, SPLITS: tl.constexpr, ROWS: tl.constexpr, NORM: tl.constexpr,
+                    SCALED: tl.constexpr, HAS_BIAS: tl.constexpr, dtype):
+    """Values n of rows m of a product (shaped to broadcast; `outputs` n's mask) as float32: loaded from the
+    product [rows, width], or (SUMS) finished from a few-row product's SplitSums as _few_rows_reduce_kernel
+    finishes them."""
+    if SUMS:
+        acc, squares = _split_sums(partial_ptr, squares_ptr, n, m, outputs, width, SPLITS, ROWS, NORM)
+        values = _rounded_output(_scaled(acc, squares, K, eps, n, outputs, scale_ptr, NORM, SCALED), n, outputs,
+                                 bias_ptr, HAS_BIAS, dtype)
+    else:
+        values = tl.load(product_ptr + m * width + n, mask=outputs, other=0.0).to(tl.float32)
+    return values
+
+
+@dataclass(frozen=True)
+class SplitSums:
+    """A few-row product left unreduced (few_rows_linear(..., reduce=False)): its float32 sums per split of the
+    inner width, `partial` [splits, FEW_ROWS, N], with what turns them into the product (the RMSNorm's squares per
+    split [splits, FEW_ROWS], 8-bit output scales, bias). The kernel that reads the product next (rotary_attend,
+    residual_modulated_norm) finishes the sums where it loads them, in place of _few_rows_reduce_kernel."""
+
+    partial: torch.Tensor
+    squares: torch.Tensor | None
+    scale: torch.Tensor | None
+    bias: torch.Tensor | None
+    inner: int
+    eps: float
+    rows: int
+
+
+def _product_arguments(product) -> tuple[tuple, dict]:
+    """A kernel's arguments for a product it reads through _product_values: a tensor [rows, width] (or None, where
+    the kernel reads none), or SplitSums."""
+    if isinstance(product, SplitSums):
+        return ((None, product.partial, product.squares, product.scale, product.bias, product.inner, product.eps),
+                dict(SUMS=True, SPLITS=product.partial.shape[0], NORM=product.squares is not None,
+                     SCALED=product.scale is not None, HAS_BIAS=product.bias is not None, ROWS=FEW_ROWS))
+    return ((None if product is None else product.contiguous(), None, None, None, None, 1, 0.0),
+            dict(SUMS=False, SPLITS=1, NORM=False, SCALED=False, HAS_BIAS=False, ROWS=FEW_ROWS))
+
+
 def few_rows_linear(x, weight, bias=None, scale=None, *, norm=None, activation=None, residual=None, layer_scale=None,
-                    launch=None):
+                    launch=None, reduce=True):
     """A product of at most FEW_ROWS rows with what surrounds it in a layer, in one kernel (two when the inner width
     is split): x [R, K], weight [N', K] in x's dtype or 8-bit with float32 output scales `scale` [N']
     (engine.quantize.linear_params), bias [N']; `norm` (weight [K], eps): x's RMSNorm first;
     `activation` "silu_glu": the weight is gate and up stacked (N' = 2N) and the result silu(gate) * up [R, N],
     "gelu": the exact GELU; `residual` [R, N] added, after the product is multiplied by `layer_scale` [N] if given.
     Rounded where engine.network.linear_block's torch ops round. `launch` (outputs per program, inner step, splits,
-    warps, stages) overrides few_rows_launch's."""
+    warps, stages) overrides few_rows_launch's. Not `reduce` (a product with neither activation nor residual):
+    its SplitSums, one kernel, for a kernel that takes them."""
     rows, inner = x.shape
     if rows > FEW_ROWS:
         raise ValueError(f"few_rows_linear takes at most {FEW_ROWS} rows, got {rows}")
@@ -735,17 +807,20 @@ def few_rows_linear(x, weight, bias=None, scale=None, *, norm=None, activation=N
         raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
     if weight.stride(1) != 1 or weight.stride(0) != inner:
         raise ValueError("few_rows_linear needs a contiguous [out, in] weight")
+    if not reduce and (activation is not None or residual is not None or layer_scale is not None):
+        raise ValueError("an unreduced product (SplitSums) takes no activation, residual or layer scale")
     glu = activation == "silu_glu"
     outputs = weight.shape[0] // 2 if glu else weight.shape[0]
     block_n, block_k, splits, warps, stages = launch or few_rows_launch(weight, glu, norm is not None)
     fp8 = _fp8_weight(weight, block_k)
     split_inner = triton.cdiv(triton.cdiv(inner, splits), block_k) * block_k
     splits = triton.cdiv(inner, split_inner)  # no empty split
+    split = splits > 1 or not reduce
     x = x.contiguous()
-    out = torch.empty(rows, outputs, dtype=x.dtype, device=x.device)
+    out = torch.empty(rows, outputs, dtype=x.dtype, device=x.device) if reduce else None
     residual = None if residual is None else residual.contiguous()
     partial = squares = None
-    if splits > 1:
+    if split:
         partial = torch.empty(splits, FEW_ROWS, weight.shape[0], dtype=torch.float32, device=x.device)
         squares = torch.empty(splits, FEW_ROWS, dtype=torch.float32, device=x.device) if norm is not None else None
     flags = dict(NORM=norm is not None, GLU=glu, GELU=activation == "gelu", SCALED=scale is not None,
@@ -755,12 +830,14 @@ def few_rows_linear(x, weight, bias=None, scale=None, *, norm=None, activation=N
     launch_options = _dependent_launch(x.device)
     _few_rows_linear_kernel[(triton.cdiv(outputs, block_n), splits)](
         x, norm_weight, weight, scale, bias, residual, layer_scale, out, partial, squares, rows, outputs, inner, eps,
-        split_inner, SPLIT=splits > 1, OPERAND=_operand(x.dtype, weight.dtype), FP8=fp8,
+        split_inner, SPLIT=split, OPERAND=_operand(x.dtype, weight.dtype), FP8=fp8,
         BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages, **flags, **launch_options)
-    if splits > 1:
+    if not reduce:
+        return SplitSums(partial, squares, scale, bias, inner, eps, rows)
+    if split:
         reduce_block = 64
         _few_rows_reduce_kernel[(triton.cdiv(outputs, reduce_block),)](
-            partial, squares, scale, bias, residual, layer_scale, out, rows, outputs, inner, eps, splits,
+            partial, squares, scale, bias, residual, layer_scale, out, rows, outputs, inner, eps, SPLITS=splits,
             BLOCK_N=reduce_block, **flags, **launch_options)
     return out
 

@@ -66,7 +66,8 @@ def live_state(engine, n):
 
 @pytest.mark.parametrize("triton", [False, True], ids=["torch ops", "triton kernels"])
 def test_in_place_kv_step_equals_the_step_over_a_copied_past(model, triton):
-    """With the torch ops, and with the Triton kernels (rotary + KV write, silu * up) through Triton's interpreter."""
+    """With the torch ops, and with the Triton kernels (few-row products, the attention with its rotary embedding
+    and KV write finishing the qkv product's split sums) through Triton's interpreter."""
     if triton:
         pytest.importorskip("triton")
     runtime = model[0]

@@ -146,42 +146,85 @@ def test_diffusion_step_kernels_equal_the_torch_ops(kernels, dtype, weighted):
         check(mine, theirs)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_rotary_kv_write_equals_the_torch_ops(kernels, dtype):
-    """Rows at different positions, caches as the engine's views (a layer's rows and context of the whole cache)."""
-    generator = torch.Generator().manual_seed(3)
-    rows, heads, kv_heads, head_dim = 3, 4, 2, 16
-    qkv = torch.randn(rows, (heads + 2 * kv_heads) * head_dim, generator=generator).to(dtype)
-    cos, sin = (torch.randn(rows, head_dim, generator=generator).to(dtype) for _ in range(2))
-    positions = torch.tensor([5, 0, 11])
-    caches = [torch.randn(2, 5, kv_heads, 16, head_dim, generator=generator).to(dtype) for _ in range(2)]
-    expected_caches = [cache.clone() for cache in caches]
-    q = kernels.rotary_kv_write(qkv, cos, sin, *(c[1, :rows, :, :12] for c in caches), positions, heads, kv_heads)
-    expected = network.rotary_kv_write(qkv, cos, sin, *(c[1, :rows, :, :12] for c in expected_caches), positions,
-                                       heads, kv_heads)
-    tolerance = {torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
-    torch.testing.assert_close(q, expected, rtol=0, atol=tolerance * float(expected.abs().max()))
-    for mine, theirs in zip(caches, expected_caches):
-        torch.testing.assert_close(mine, theirs, rtol=0, atol=tolerance * float(theirs.abs().max()))
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_attend_equals_sdpa_over_the_masked_cache(kernels, dtype):
-    """Grouped queries (6 per key/value head, as the 1.5B), rows at positions inside, at the edge of and across
-    several of the kernel's 64-position blocks; stale cache entries past a row's position must not count."""
+def _attention_case(dtype, rows=4, heads=12, kv_heads=2, head_dim=32, context=160):
+    """cos/sin, caches as the engine's views (a layer's rows and context of the whole cache), positions inside, at
+    the edge of and across several of the kernel's 64-position blocks, and the additive mask they give."""
     generator = torch.Generator().manual_seed(4)
-    rows, heads, kv_heads, head_dim, context = 4, 12, 2, 32, 160
-    q = torch.randn(rows, heads, 1, head_dim, generator=generator).to(dtype)
-    keys, values = (torch.randn(2, 6, kv_heads, 192, head_dim, generator=generator).to(dtype)[1, :rows, :, :context]
-                    for _ in range(2))
-    positions = torch.tensor([0, 63, 64, 150])
+    cos, sin = (torch.randn(rows, head_dim, generator=generator).to(dtype) for _ in range(2))
+    caches = [torch.randn(2, 6, kv_heads, 192, head_dim, generator=generator).to(dtype) for _ in range(2)]
+    positions = torch.tensor([0, 63, 64, 150])[:rows]
     visible = torch.arange(context)[None] <= positions[:, None]
     mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, torch.finfo(dtype).min)[:, None, None]
-    expected = network.attend(q, keys, values, mask, positions, head_dim ** -0.5)
-    mine = kernels.attend(q, keys, values, mask, positions, head_dim ** -0.5)
+    return cos, sin, caches, positions, mask
+
+
+def _layer_views(caches, rows, context=160):
+    return [cache[1, :rows, :, :context] for cache in caches]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rotary_attend_equals_the_torch_ops(kernels, dtype):
+    """Grouped queries (6 per key/value head, as the 1.5B), rows at different positions; stale cache entries past a
+    row's position must not count, and the new key and value land in the caches as rotary_kv_write puts them."""
+    rows, heads, kv_heads, head_dim = 4, 12, 2, 32
+    cos, sin, caches, positions, mask = _attention_case(dtype)
+    qkv = torch.randn(rows, (heads + 2 * kv_heads) * head_dim, generator=torch.Generator().manual_seed(5)).to(dtype)
+    expected_caches = [cache.clone() for cache in caches]
+    mine = kernels.rotary_attend(qkv, cos, sin, *_layer_views(caches, rows), mask, positions, heads, kv_heads,
+                                 head_dim ** -0.5)
+    expected = network.rotary_attend(qkv, cos, sin, *_layer_views(expected_caches, rows), mask, positions, heads,
+                                     kv_heads, head_dim ** -0.5)
     tolerance = {torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
-    assert mine.shape == expected.shape and mine.dtype == dtype
+    assert mine.shape == expected.shape == (rows, heads, 1, head_dim) and mine.dtype == dtype
     torch.testing.assert_close(mine, expected, rtol=0, atol=tolerance * float(expected.abs().max()))
+    for cache, expected_cache in zip(caches, expected_caches):
+        torch.testing.assert_close(cache, expected_cache, rtol=0, atol=tolerance * float(expected_cache.abs().max()))
+
+
+@pytest.mark.parametrize("kind", ["bf16", "fp8"])
+def test_rotary_attend_finishes_split_sums_as_the_reduction_does(kernels, kind):
+    """The qkv product left unreduced (its RMSNorm, bias and 8-bit scales still to apply) gives rotary_attend the
+    same values as the product reduced by its own kernel: the same attention and caches, bit for bit."""
+    from engine.quantize import quantize_rows
+
+    generator = torch.Generator().manual_seed(6)
+    rows, heads, kv_heads, head_dim, inner = 4, 12, 2, 32, 200
+    cos, sin, caches, positions, mask = _attention_case(torch.bfloat16)
+    weight = torch.randn((heads + 2 * kv_heads) * head_dim, inner, generator=generator) * inner ** -0.5
+    params = (weight.bfloat16(), torch.randn(weight.shape[0], generator=generator).bfloat16())
+    if kind == "fp8":
+        quantized, scale = quantize_rows(weight, "fp8")
+        params = (quantized, params[1], scale[:, 0])
+    x = torch.randn(rows, inner, generator=generator).bfloat16()
+    norm = (torch.rand(inner, generator=generator).bfloat16() + 0.5, 1e-6)
+    launch = (64, 128 if kind == "fp8" else 64, 2, 4, 2)  # the inner width in two splits
+    sums = kernels.few_rows_linear(x, *params, norm=norm, launch=launch, reduce=False)
+    assert isinstance(sums, kernels.SplitSums) and sums.partial.shape == (2, kernels.FEW_ROWS, weight.shape[0])
+    reduced = kernels.few_rows_linear(x, *params, norm=norm, launch=launch)
+    reduced_caches = [cache.clone() for cache in caches]
+    scale = head_dim ** -0.5
+    mine = kernels.rotary_attend(sums, cos, sin, *_layer_views(caches, rows), mask, positions, heads, kv_heads, scale)
+    expected = kernels.rotary_attend(reduced, cos, sin, *_layer_views(reduced_caches, rows), mask, positions, heads,
+                                     kv_heads, scale)
+    assert torch.equal(mine, expected)
+    assert all(torch.equal(cache, reduced_cache) for cache, reduced_cache in zip(caches, reduced_caches))
+
+
+def test_residual_modulated_norm_finishes_split_sums_as_the_reduction_does(kernels):
+    """The diffusion head's second product left unreduced: the same hidden rows and norm as with it reduced."""
+    generator = torch.Generator().manual_seed(8)
+    rows, width, inner = 4, 40, 300
+    weight = (torch.randn(width, inner, generator=generator) * inner ** -0.5).bfloat16()
+    x = torch.randn(rows, inner, generator=generator).bfloat16()
+    modulation = torch.randn(rows, 3, width, generator=generator).bfloat16()
+    shift, scale, gate = modulation.unbind(1)
+    hidden, norm_weight = (torch.randn(rows, width, generator=generator).bfloat16() for _ in range(2))
+    launch = (16, 64, 3, 4, 2)
+    sums = kernels.few_rows_linear(x, weight, launch=launch, reduce=False)
+    reduced = kernels.few_rows_linear(x, weight, launch=launch)
+    for mine, expected in zip(kernels.residual_modulated_norm(hidden, gate, sums, norm_weight, 1e-6, shift, scale),
+                              kernels.residual_modulated_norm(hidden, gate, reduced, norm_weight, 1e-6, shift, scale)):
+        assert torch.equal(mine, expected)
 
 
 @pytest.mark.parametrize("kind", ["fp8", "int8"])
@@ -259,6 +302,8 @@ def test_few_rows_linear_equals_linear_blocks_torch_ops(kernels, rows, kind, nor
 def test_few_rows_linear_refuses_many_rows_unknown_activations_and_fp8_steps_but_a_group(kernels):
     with pytest.raises(ValueError, match="at most 16 rows, got 17"):
         kernels.few_rows_linear(torch.zeros(17, 8), torch.zeros(4, 8))
+    with pytest.raises(ValueError, match="an unreduced product .SplitSums. takes no activation, residual or layer"):
+        kernels.few_rows_linear(torch.zeros(2, 8), torch.zeros(4, 8), activation="silu_glu", reduce=False)
     with pytest.raises(ValueError, match="unknown activation 'relu'; choose one of silu_glu, gelu"):
         kernels.few_rows_linear(torch.zeros(2, 8), torch.zeros(4, 8), activation="relu")
     fp8 = torch.zeros(4, 256, dtype=torch.float8_e4m3fn), None, torch.ones(4)
