@@ -313,12 +313,14 @@ def silu_mul(gate_up):
 
 
 def guided_update(v, x, previous_x0, cfg, coefficients):
-    """One solver step after the head: v [2B, D] (positive rows, then negative), x and previous_x0 [B, D], cfg [B],
-    coefficients [B, 5] (alpha, sigma, a, b, c of engine.sampler.schedule_table) -> (next x, x0)."""
+    """One solver step after the head: v [2B, D] (positive rows, then negative), x [2B, D] (the latents twice, as
+    the head's positive and negative rows take them) and previous_x0 [B, D], cfg [B], coefficients [B, 5] (alpha,
+    sigma, a, b, c of engine.sampler.schedule_table) -> (next x, twice as x, x0)."""
     alpha, sigma, a, b, c = (column[:, None] for column in coefficients.unbind(-1))
     v_pos, v_neg = v.chunk(2, dim=0)
+    x = x[:v_pos.shape[0]]
     x0 = alpha * x - sigma * torch.lerp(v_neg, v_pos, cfg[:, None])  # v_neg + cfg * (v_pos - v_neg)
-    return a * x + b * x0 + c * (x0 - previous_x0), x0
+    return (a * x + b * x0 + c * (x0 - previous_x0)).repeat(2, 1), x0
 
 
 @functools.cache
@@ -381,10 +383,10 @@ class DiffusionSolver(nn.Module):
         condition = (condition[:, None] + embedded.view(2 * rows, steps, width)).view(-1, width)
         modulation = torch.addmm(self.scale_offset, head.layers[0].act_fn(condition), self.modulation.t())
         modulation = modulation.view(2 * rows, steps, -1, width)  # [2B, steps, chunks, H]
-        x, previous_x0 = noise, torch.zeros_like(noise)
+        x, previous_x0 = noise.repeat(2, 1), torch.zeros_like(noise)  # x twice: the positive and negative rows'
         for i in range(steps):
             chunk = modulation[:, i]
-            hidden = head.noisy_images_proj(x).repeat(2, 1)
+            hidden = linear_block(x, linear_params(head.noisy_images_proj), ops)
             normed = ops.modulated_norm(hidden, *self.norms[0], chunk[:, 0], chunk[:, 1])
             for j, layer in enumerate(head.layers):
                 hidden_units = linear_block(normed, self.gate_up[j], ops, activation="silu_glu")
@@ -394,7 +396,7 @@ class DiffusionSolver(nn.Module):
                                                              shift, scale)
             v = head.final_layer.linear_2(normed)
             x, previous_x0 = ops.guided_update(v, x, previous_x0, cfg, table[:, i, 1:])
-        return x
+        return x[:rows]
 
 
 class VoiceEncoder(nn.Module):

@@ -423,16 +423,19 @@ def _guided_update_kernel(v_ptr, x_ptr, previous_ptr, cfg_ptr, coefficients_ptr,
     v = v_neg + cfg * (v_pos - v_neg)
     x0 = (alpha * x - sigma * v).to(dtype).to(tl.float32)
     tl.store(x0_ptr + row * D + cols, x0.to(dtype), mask=mask)
-    tl.store(x_out_ptr + row * D + cols, (a * x + b * x0 + c * (x0 - previous)).to(dtype), mask=mask)
+    x = (a * x + b * x0 + c * (x0 - previous)).to(dtype)
+    tl.store(x_out_ptr + row * D + cols, x, mask=mask)
+    tl.store(x_out_ptr + (B + row) * D + cols, x, mask=mask)  # twice: the head's positive and negative rows
 
 
 def guided_update(v, x, previous_x0, cfg, coefficients):
-    """One solver step after the head: v [2B, D] (positive rows, then negative), x and previous_x0 [B, D], cfg [B],
-    coefficients [B, 5] (alpha, sigma, a, b, c of engine.sampler.schedule_table) -> (next x, x0)."""
-    rows, width = x.shape
+    """One solver step after the head: v [2B, D] (positive rows, then negative), x [2B, D] (the latents twice, as
+    the head's positive and negative rows take them) and previous_x0 [B, D], cfg [B], coefficients [B, 5] (alpha,
+    sigma, a, b, c of engine.sampler.schedule_table) -> (next x, twice as x, x0)."""
+    rows, width = previous_x0.shape
     if coefficients.stride(1) != 1:
         raise ValueError("the coefficients' columns must be contiguous")
-    x_out, x0 = torch.empty_like(x), torch.empty_like(x)
+    x_out, x0 = torch.empty_like(x), torch.empty_like(previous_x0)
     _guided_update_kernel[(rows,)](v.contiguous(), x.contiguous(), previous_x0.contiguous(), cfg.contiguous(),
                                    coefficients, x_out, x0, rows, width, coefficients.stride(0),
                                    BLOCK=triton.next_power_of_2(width), **_dependent_launch(x.device))

@@ -141,9 +141,11 @@ def test_diffusion_step_kernels_equal_the_torch_ops(kernels, dtype, weighted):
     gate_up = rand(rows, 2 * 1500)  # wider than one program's block
     check(kernels.silu_mul(gate_up), network.silu_mul(gate_up))
     table = rand(rows // 2, 4, 6)[:, 2, 1:]  # a step's (alpha, sigma, a, b, c) per row
-    args = (rand(rows, latent), rand(rows // 2, latent), rand(rows // 2, latent), rand(rows // 2), table)
-    for mine, theirs in zip(kernels.guided_update(*args), network.guided_update(*args)):
+    args = (rand(rows, latent), rand(rows // 2, latent).repeat(2, 1), rand(rows // 2, latent), rand(rows // 2), table)
+    next_x, x0 = kernels.guided_update(*args)
+    for mine, theirs in zip((next_x, x0), network.guided_update(*args)):
         check(mine, theirs)
+    assert torch.equal(next_x[:rows // 2], next_x[rows // 2:])  # the latents twice, for the head's two rows each
 
 
 def _attention_case(dtype, rows=4, heads=12, kv_heads=2, head_dim=32, context=160):
