@@ -344,13 +344,13 @@ class DiffusionSolver(nn.Module):
     """engine.sampler.solve over VibeVoice's diffusion head, written for few kernels. Whatever depends only on the
     condition and the timestep is computed before the loop in a few large products: the condition's projection,
     every step's timestep embedding, and every layer's adaLN modulation (shift, 1 + scale, gate) for every step.
-    Each step then runs the noisy-latent projection, per layer the MLP's two products (gate and up fused) with
-    silu_mul between them (`linear_block`: at few rows, one kernel with the first product) and
-    residual_modulated_norm after (the gated residual and the next layer's norm and modulation; at few rows it
-    finishes the second product's split sums), and guided_update
-    (guidance and the solver's update). Those three are one Triton kernel each on
-    CUDA (`triton`: None, the default, means on CUDA tensors where Triton imports), torch ops elsewhere (the functions
-    above). The head's modules keep views of the fused weights.
+    Each step then runs the noisy-latent projection (the latents kept twice, as the positive and negative rows take
+    them), per layer the MLP's two products (gate and up fused) with silu_mul between them (`linear_block`: at few
+    rows, one kernel with the first product) and residual_modulated_norm after (the gated residual and the next
+    layer's norm and modulation; at few rows it finishes the second product's split sums), and guided_update
+    (guidance and the solver's update). Those three are one Triton kernel each on CUDA (`triton`: None, the default,
+    means on CUDA tensors where Triton imports), torch ops elsewhere (the functions above). The head's modules keep
+    views of the fused weights.
 
     noise [B, D], cond_pos/cond_neg [B, H], cfg [B], table [B, steps, 6] (engine.sampler.schedule_table) -> [B, D]
     """
@@ -367,6 +367,7 @@ class DiffusionSolver(nn.Module):
         offset = torch.tensor([1.0 if kind == "scale" else 0.0 for layer in chunks for kind in layer])
         self.register_buffer("scale_offset", offset.repeat_interleave(self.hidden).to(self.modulation),
                              persistent=False)
+        self.noisy_projection = linear_params(head.noisy_images_proj)
         self.gate_up = [fuse_linears([layer.ffn.gate_proj, layer.ffn.up_proj]) for layer in layers]
         self.down = [linear_params(layer.ffn.down_proj) for layer in layers]
         # each norm as (weight, eps), the final layer's last: the norm that follows layer j is norms[j + 1]
@@ -386,7 +387,7 @@ class DiffusionSolver(nn.Module):
         x, previous_x0 = noise.repeat(2, 1), torch.zeros_like(noise)  # x twice: the positive and negative rows'
         for i in range(steps):
             chunk = modulation[:, i]
-            hidden = linear_block(x, linear_params(head.noisy_images_proj), ops)
+            hidden = linear_block(x, self.noisy_projection, ops)
             normed = ops.modulated_norm(hidden, *self.norms[0], chunk[:, 0], chunk[:, 1])
             for j, layer in enumerate(head.layers):
                 hidden_units = linear_block(normed, self.gate_up[j], ops, activation="silu_glu")

@@ -779,7 +779,6 @@ class SplitSums:
     bias: torch.Tensor | None
     inner: int
     eps: float
-    rows: int
 
 
 def _product_arguments(product) -> tuple[tuple, dict]:
@@ -836,7 +835,7 @@ def few_rows_linear(x, weight, bias=None, scale=None, *, norm=None, activation=N
         split_inner, SPLIT=split, OPERAND=_operand(x.dtype, weight.dtype), FP8=fp8,
         BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages, **flags, **launch_options)
     if not reduce:
-        return SplitSums(partial, squares, scale, bias, inner, eps, rows)
+        return SplitSums(partial, squares, scale, bias, inner, eps)
     if split:
         reduce_block = 64
         _few_rows_reduce_kernel[(triton.cdiv(outputs, reduce_block),)](
