@@ -212,18 +212,26 @@ def test_rotary_attend_finishes_split_sums_as_the_reduction_does(kernels, kind):
     assert all(torch.equal(cache, reduced_cache) for cache, reduced_cache in zip(caches, reduced_caches))
 
 
-def test_residual_modulated_norm_finishes_split_sums_as_the_reduction_does(kernels):
-    """The diffusion head's second product left unreduced: the same hidden rows and norm as with it reduced."""
+@pytest.mark.parametrize("kind", ["bf16", "fp8"])
+def test_residual_modulated_norm_finishes_split_sums_as_the_reduction_does(kernels, kind):
+    """The diffusion head's second product left unreduced (8-bit: its output scales still to apply): the same hidden
+    rows and norm as with it reduced."""
+    from engine.quantize import quantize_rows
+
     generator = torch.Generator().manual_seed(8)
     rows, width, inner = 4, 40, 300
-    weight = (torch.randn(width, inner, generator=generator) * inner ** -0.5).bfloat16()
+    weight = torch.randn(width, inner, generator=generator) * inner ** -0.5
+    params = (weight.bfloat16(),)
+    if kind == "fp8":
+        quantized, scale = quantize_rows(weight, "fp8")
+        params = (quantized, None, scale[:, 0])
     x = torch.randn(rows, inner, generator=generator).bfloat16()
     modulation = torch.randn(rows, 3, width, generator=generator).bfloat16()
     shift, scale, gate = modulation.unbind(1)
     hidden, norm_weight = (torch.randn(rows, width, generator=generator).bfloat16() for _ in range(2))
-    launch = (16, 64, 3, 4, 2)
-    sums = kernels.few_rows_linear(x, weight, launch=launch, reduce=False)
-    reduced = kernels.few_rows_linear(x, weight, launch=launch)
+    launch = (16, 128 if kind == "fp8" else 64, 3, 4, 2)
+    sums = kernels.few_rows_linear(x, *params, launch=launch, reduce=False)
+    reduced = kernels.few_rows_linear(x, *params, launch=launch)
     for mine, expected in zip(kernels.residual_modulated_norm(hidden, gate, sums, norm_weight, 1e-6, shift, scale),
                               kernels.residual_modulated_norm(hidden, gate, reduced, norm_weight, 1e-6, shift, scale)):
         assert torch.equal(mine, expected)
