@@ -8,7 +8,9 @@ x1 + ffn_gamma * linear2(gelu(linear1(rms_norm(x1)))), the depthwise convolution
   norm, a concatenation, a layout copy, the convolution, a residual and a second norm; its norm kernel is also slow
   on the many short rows (32-256 channels) of the high-rate stages.
   A program normalises the convolution's input rows once, as one window (its rows and the `width` before them),
-  and picks each tap's rows out of it with a product by a 0/1 shift matrix on the tensor cores.
+  and picks each tap's rows out of it with a product by a 0/1 shift matrix on the tensor cores. On many rows a
+  second kernel walks runs of rows in order instead, each row normalised once and the last six carried along in
+  registers as the next rows' taps.
 - convnext_block: the whole block in one pass, for narrow blocks (at most BLOCK_MAX_CHANNELS channels): the FFN's
   4x-wide hidden rows stay on chip, where PyTorch writes and reads them three times. These are the blocks with many
   rows (up to 3200 per stream and frame), which dominate the tokenizers' bytes at many streams.
@@ -32,17 +34,23 @@ from engine import quantize
 
 # Launches by block width (the entry for the least width >= the block's, the widest past them all), chosen on an
 # H200 with perf/tune_block_kernel.py at 1 to 64 streams:
-# convnext_mixer's: rows per program, warps (about 2048 elements per program)
-MIXER_LAUNCH = {32: (16, 4), 64: (32, 4), 128: (16, 4), 256: (16, 8), 512: (4, 4), 1024: (2, 4), 2048: (1, 8)}
+# convnext_mixer's: rows per program, warps (about 2048 elements per program), walkers (0: the tile kernel)
+MIXER_LAUNCH = {32: (16, 4, 0), 64: (32, 4, 0), 128: (16, 4, 0), 256: (16, 8, 0), 512: (4, 4, 0), 1024: (2, 4, 0),
+                2048: (1, 8, 0)}
+# Where the walking mixer (_convnext_mixer_walk_kernel) takes over, {width: (from how many rows, its launch)}; there
+# a block narrow enough for convnext_ffn runs as the walking mixer and convnext_ffn instead of convnext_block. Set
+# where that was faster at 4-64 streams (per block, walk + FFN against the whole block: 32 channels 39 against 41 us
+# at 24 streams, 82 against 104 at 64; 64 channels 62 against 57 at 32 streams, 78 against 83 at 48; 128 channels
+# 56 against 55 at 16, 58 against 74 at 24; the 256-channel mixer alone 24 against 31 us at 64 streams)
+WALK_LAUNCH = {32: (65536, (128, 4, 16)), 64: (65536, (32, 1, 1)), 128: (16384, (64, 1, 4)), 256: (12800, (128, 4, 8))}
 # convnext_block's: rows per program, FFN hidden units per inner step, warps
 BLOCK_LAUNCH = {32: (16, 64, 4), 64: (16, 64, 4), 128: (16, 64, 8)}
 BLOCK_MAX_CHANNELS = max(BLOCK_LAUNCH)  # wider blocks have few rows and megabytes of FFN weights: cuBLAS runs them
-# convnext_ffn's: rows per program, hidden units per inner step, warps, pipeline stages. Blocks run it only where it
-# beats both convnext_block and cuBLAS: widths above SPLIT_ABOVE_CHANNELS over at least SPLIT_ROWS rows (the decoder's
-# 128-channel blocks at 16 streams and more; at 32 and 64 channels it only ties with convnext_block)
+# convnext_ffn's: rows per program, hidden units per inner step, warps, pipeline stages
 FFN_LAUNCH = {128: (64, 32, 4, 3)}
 FFN_MAX_CHANNELS = max(FFN_LAUNCH)
-SPLIT_ABOVE_CHANNELS, SPLIT_ROWS = 64, 8192
+# the mixers' taps that _convnext_mixer_walk_kernel carries in registers: VibeVoice's 7 (a cache of 6 rows)
+WALK_WIDTH = tl.constexpr(6)
 # Triton's interpreter (the CPU tests) miscomputes products of bf16 operands: there they are float32 (exact too)
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # Programmatic dependent launch (Hopper on): each kernel here may start while the kernel before it drains and waits
@@ -91,6 +99,17 @@ def _normed_rows(x_ptr, cache_ptr, norm_w, b, src, live, c, channels, C, eps, sx
 
 
 @triton.jit
+def _keep_cached_rows(cache_ptr, new_cache_ptr, b, c, channels, T, C, scb, sct, scc, WIDTH: tl.constexpr,
+                      BLOCK_W: tl.constexpr):
+    """A chunk shorter than the cache (T < WIDTH) keeps the cache's newest rows in front of its own."""
+    r = tl.arange(0, BLOCK_W)
+    old = (r < WIDTH - T)[:, None] & channels[None, :]
+    kept = tl.load(cache_ptr + b * scb + (r + T)[:, None] * sct + c[None, :] * scc, mask=old, other=0.0)
+    tl.store(new_cache_ptr + b * WIDTH * C + r[:, None] * C + c[None, :], kept.to(new_cache_ptr.dtype.element_ty),
+             mask=old)
+
+
+@triton.jit
 def _mix(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr, gamma_ptr, ffn_norm_w_ptr, new_cache_ptr,
          b, first, c, T, C, eps, ffn_eps, sxb, sxt, scb, sct, scc,
          WIDTH: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -126,11 +145,8 @@ def _mix(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr, gamma_ptr, ffn_no
     slot = t - T + WIDTH  # a row among the last WIDTH rows goes into the new cache
     keep = (rows & (slot >= 0))[:, None] & channels[None, :]
     tl.store(new_cache_ptr + b * WIDTH * C + slot[:, None] * C + c[None, :], h_self.to(dtype), mask=keep)
-    if tl.program_id(1) == 0:  # a chunk shorter than the cache keeps the cache's newest rows in front
-        r = tl.arange(0, BLOCK_W)
-        old = (r < WIDTH - T)[:, None] & channels[None, :]
-        kept = tl.load(cache_ptr + b * scb + (r + T)[:, None] * sct + c[None, :] * scc, mask=old, other=0.0)
-        tl.store(new_cache_ptr + b * WIDTH * C + r[:, None] * C + c[None, :], kept.to(dtype), mask=old)
+    if first == 0:
+        _keep_cached_rows(cache_ptr, new_cache_ptr, b, c, channels, T, C, scb, sct, scc, WIDTH, BLOCK_W)
     x_self = tl.load(x_ptr + b * sxb + t[:, None] * sxt + c[None, :], mask=rows[:, None] & channels[None, :],
                      other=0.0).to(tl.float32)
     bias = tl.load(conv_b_ptr + c, mask=channels, other=0.0).to(tl.float32)
@@ -160,6 +176,76 @@ def _convnext_mixer_kernel(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr,
     offsets = b * T * C + t[:, None] * C + c[None, :]
     tl.store(out_ptr + offsets, x1, mask=mask)
     tl.store(ffn_in_ptr + offsets, ffn_in, mask=mask)
+
+
+@triton.jit
+def _convnext_mixer_walk_kernel(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr, gamma_ptr, ffn_norm_w_ptr,
+                                out_ptr, ffn_in_ptr, new_cache_ptr,
+                                T, C, eps, ffn_eps, sxb, sxt, scb, sct, scc,
+                                ROWS: tl.constexpr, WALKERS: tl.constexpr, BLOCK_W: tl.constexpr,
+                                BLOCK_C: tl.constexpr, PDL: tl.constexpr):
+    """_convnext_mixer_kernel's function for 7-tap mixers (WALK_WIDTH) as walks: program (b, i) takes rows
+    i * ROWS + [0, ROWS) of batch b as WALKERS runs of ROWS / WALKERS rows, all walked side by side in order; each
+    row is normalised once and the six normalised rows before a walker's current one ride along in registers as the
+    taps' inputs (only the six before a run's first are normalised twice). No window, no shift products."""
+    _after_previous_kernel(PDL)
+    WIDTH: tl.constexpr = WALK_WIDTH
+    RUN: tl.constexpr = ROWS // WALKERS
+    b = tl.program_id(0)
+    start = tl.program_id(1) * ROWS + tl.arange(0, WALKERS) * RUN  # each walker's first row
+    c = tl.arange(0, BLOCK_C)
+    channels = c < C
+    dtype = x_ptr.dtype.element_ty
+    norm_w = tl.load(norm_w_ptr + c, mask=channels, other=0.0).to(tl.float32)
+    bias = tl.load(conv_b_ptr + c, mask=channels, other=0.0).to(tl.float32)[None, :]
+    gamma = tl.load(gamma_ptr + c, mask=channels, other=0.0).to(tl.float32)[None, :]
+    ffn_w = tl.load(ffn_norm_w_ptr + c, mask=channels, other=0.0).to(tl.float32)[None, :]
+    taps = conv_w_ptr + c * (WIDTH + 1)  # [C, 1, WIDTH + 1]: tap k of channel c
+    tap0 = tl.load(taps, mask=channels, other=0.0).to(tl.float32)[None, :]
+    tap1 = tl.load(taps + 1, mask=channels, other=0.0).to(tl.float32)[None, :]
+    tap2 = tl.load(taps + 2, mask=channels, other=0.0).to(tl.float32)[None, :]
+    tap3 = tl.load(taps + 3, mask=channels, other=0.0).to(tl.float32)[None, :]
+    tap4 = tl.load(taps + 4, mask=channels, other=0.0).to(tl.float32)[None, :]
+    tap5 = tl.load(taps + 5, mask=channels, other=0.0).to(tl.float32)[None, :]
+    tap6 = tl.load(taps + 6, mask=channels, other=0.0).to(tl.float32)[None, :]
+    live = start < T
+    h1 = _normed_rows(x_ptr, cache_ptr, norm_w, b, start - 6, live, c, channels, C, eps, sxb, sxt, scb, sct, scc,
+                      WIDTH)
+    h2 = _normed_rows(x_ptr, cache_ptr, norm_w, b, start - 5, live, c, channels, C, eps, sxb, sxt, scb, sct, scc,
+                      WIDTH)
+    h3 = _normed_rows(x_ptr, cache_ptr, norm_w, b, start - 4, live, c, channels, C, eps, sxb, sxt, scb, sct, scc,
+                      WIDTH)
+    h4 = _normed_rows(x_ptr, cache_ptr, norm_w, b, start - 3, live, c, channels, C, eps, sxb, sxt, scb, sct, scc,
+                      WIDTH)
+    h5 = _normed_rows(x_ptr, cache_ptr, norm_w, b, start - 2, live, c, channels, C, eps, sxb, sxt, scb, sct, scc,
+                      WIDTH)
+    h6 = _normed_rows(x_ptr, cache_ptr, norm_w, b, start - 1, live, c, channels, C, eps, sxb, sxt, scb, sct, scc,
+                      WIDTH)
+    if tl.program_id(1) == 0:
+        _keep_cached_rows(cache_ptr, new_cache_ptr, b, c, channels, T, C, scb, sct, scc, WIDTH, BLOCK_W)
+    for step in range(RUN):
+        t = start + step
+        mask = (t < T)[:, None] & channels[None, :]
+        x = tl.load(x_ptr + b * sxb + t[:, None] * sxt + c[None, :], mask=mask, other=0.0).to(tl.float32)
+        h = (x * tl.rsqrt(tl.sum(x * x, axis=1) / C + eps)[:, None] * norm_w[None, :]).to(dtype).to(tl.float32)
+        acc = h1 * tap0  # tap k reads row t + k - WIDTH, in _mix's order
+        acc += h2 * tap1
+        acc += h3 * tap2
+        acc += h4 * tap3
+        acc += h5 * tap4
+        acc += h6 * tap5
+        acc += h * tap6
+        mixed = (acc + bias).to(dtype).to(tl.float32)
+        x1 = (x + mixed * gamma).to(dtype)
+        x1f = x1.to(tl.float32)
+        ffn_in = (x1f * tl.rsqrt(tl.sum(x1f * x1f, axis=1) / C + ffn_eps)[:, None] * ffn_w).to(dtype)
+        offsets = (b * T + t)[:, None] * C + c[None, :]
+        tl.store(out_ptr + offsets, x1, mask=mask)
+        tl.store(ffn_in_ptr + offsets, ffn_in, mask=mask)
+        slot = t - T + WIDTH  # the last WIDTH rows go into the new cache
+        tl.store(new_cache_ptr + (b * WIDTH + slot)[:, None] * C + c[None, :], h.to(dtype),
+                 mask=mask & (slot >= 0)[:, None])
+        h1, h2, h3, h4, h5, h6 = h2, h3, h4, h5, h6, h
 
 
 @triton.jit
@@ -244,16 +330,23 @@ def _prepare(x, cache, rows: int, min_block: int = 1):
 
 
 def convnext_mixer(x, cache, norm_weight, eps, conv_weight, conv_bias, gamma, ffn_norm_weight, ffn_eps, *,
-                   launch: tuple[int, int] | None = None):
+                   launch: tuple[int, int, int] | None = None):
     """x [B, T, C] (channels contiguous), cache [B, W, C] (any strides), conv_weight [C, 1, W + 1] ->
     (x1 [B, T, C], ffn_in [B, T, C], new cache [B, W, C]); see the module's docstring. `launch` (rows per program,
-    warps) overrides MIXER_LAUNCH's (perf/tune_block_kernel.py)."""
-    rows, warps = launch or launch_for(MIXER_LAUNCH, x.shape[-1])
+    warps, walkers: 0 for the tile kernel, else _convnext_mixer_walk_kernel's, where W = WALK_WIDTH) overrides
+    mixer_launch's (perf/tune_block_kernel.py)."""
+    rows, warps, walkers = launch or mixer_launch(x.shape[-1], x.shape[0] * x.shape[1])
     x, new_cache, grid, strides, options = _prepare(x, cache, rows)
     out, ffn_in = torch.empty_like(x), torch.empty_like(x)
-    _convnext_mixer_kernel[grid](x, cache, norm_weight, conv_weight, conv_bias, gamma, ffn_norm_weight,
-                                 out, ffn_in, new_cache, x.shape[1], x.shape[2], eps, ffn_eps, *strides,
-                                 num_warps=warps, **options)
+    arguments = (x, cache, norm_weight, conv_weight, conv_bias, gamma, ffn_norm_weight, out, ffn_in, new_cache,
+                 x.shape[1], x.shape[2], eps, ffn_eps, *strides)
+    if walkers and cache.shape[1] == WALK_WIDTH:
+        _convnext_mixer_walk_kernel[grid](*arguments, ROWS=options["BLOCK_T"],
+                                          WALKERS=min(walkers, options["BLOCK_T"]), BLOCK_W=options["BLOCK_W"],
+                                          BLOCK_C=options["BLOCK_C"], PDL=options["PDL"], num_warps=warps,
+                                          launch_pdl=options["launch_pdl"])
+    else:
+        _convnext_mixer_kernel[grid](*arguments, num_warps=warps, **options)
     return out, ffn_in, new_cache
 
 
@@ -310,12 +403,26 @@ def launch_for(launches: dict[int, tuple], channels: int) -> tuple:
     return launches[min((width for width in launches if width >= channels), default=max(launches))]
 
 
+def mixer_launch(channels: int, rows: int) -> tuple[int, int, int]:
+    """convnext_mixer's launch for `channels` over `rows` rows (batch x time): WALK_LAUNCH's where it says the
+    mixer walks, else MIXER_LAUNCH's."""
+    return _walk_launch(channels, rows) or launch_for(MIXER_LAUNCH, channels)
+
+
 def block_kernels(channels: int, rows: int) -> str:
     """Which kernels run a ConvNeXt block (exact GELU) of `channels` over `rows` rows (batch x time): "block"
     (convnext_block), "mixer+ffn" (convnext_mixer, convnext_ffn) or "mixer" (convnext_mixer, then cuBLAS)."""
-    if SPLIT_ABOVE_CHANNELS < channels <= FFN_MAX_CHANNELS and rows >= SPLIT_ROWS:
+    if channels <= FFN_MAX_CHANNELS and _walk_launch(channels, rows):
         return "mixer+ffn"
     return "block" if channels <= BLOCK_MAX_CHANNELS else "mixer"
+
+
+def _walk_launch(channels: int, rows: int) -> tuple[int, int, int] | None:
+    """WALK_LAUNCH's launch where `channels` over `rows` rows walk; None elsewhere."""
+    if channels > max(WALK_LAUNCH):
+        return None
+    least_rows, launch = launch_for(WALK_LAUNCH, channels)
+    return launch if rows >= least_rows else None
 
 
 # --- the diffusion solve's per-step glue (engine.network.DiffusionSolver; its torch twins are engine.network's

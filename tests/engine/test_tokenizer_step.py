@@ -4,7 +4,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from engine.checkpoint import load_checkpoint
 from engine.config import HOP_SAMPLES
@@ -32,8 +31,8 @@ def test_streamed_chunks_equal_the_modules_with_the_same_caches(inner, half, ops
     if triton:
         kernels = pytest.importorskip("engine.triton_kernels")
         if ops == "triton split blocks":
-            monkeypatch.setattr(kernels, "SPLIT_ABOVE_CHANNELS", 0)
-            monkeypatch.setattr(kernels, "SPLIT_ROWS", 0)
+            monkeypatch.setattr(kernels, "WALK_LAUNCH", {width: (0, launch)  # the walking mixer kernel too
+                                                         for width, (_, launch) in kernels.WALK_LAUNCH.items()})
         if ops == "triton wide blocks":
             monkeypatch.setattr(kernels, "BLOCK_MAX_CHANNELS", 0)
     reference, ours = StreamingConvStep(module, output), TokenizerStep(module, triton=triton)

@@ -19,10 +19,12 @@ def kernels():
 
 @pytest.mark.parametrize("frames, channels", [(1, 48), (3, 16), (6, 8), (40, 12), (100, 32), (300, 4)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_convnext_mixer_equals_the_torch_ops(kernels, frames, channels, dtype):
+@pytest.mark.parametrize("launch", [None, (16, 2, 1), (64, 1, 4), (32, 4, 8)])
+def test_convnext_mixer_equals_the_torch_ops(kernels, frames, channels, dtype, launch):
     """Chunks shorter than, as long as and longer than the cache (width 6), channels not a power of two, and the
-    cache as the engine holds it (a transposed view); tiles of 16 rows and more (40x12, 100x32) take the
-    convolution's rows from one normalised window, the others normalise each tap's rows."""
+    cache as the engine holds it (a transposed view); with the configured launch, tiles of 16 rows and more (40x12,
+    100x32) take the convolution's rows from one normalised window, the others normalise each tap's rows; the
+    walking kernel with 1, 4 and 8 walkers per program (a walker's first taps read the rows of the run before it)."""
     generator = torch.Generator().manual_seed(frames * channels)
 
     def rand(*shape, scale=1.0):
@@ -33,7 +35,7 @@ def test_convnext_mixer_equals_the_torch_ops(kernels, frames, channels, dtype):
     cache = rand(batch, channels, width).transpose(1, 2)  # [B, W, C] seen through a transpose
     weights = (rand(channels), 1e-5, rand(channels, 1, width + 1), rand(channels), rand(channels), rand(channels),
                1e-6)
-    ours = kernels.convnext_mixer(x, cache, *weights)
+    ours = kernels.convnext_mixer(x, cache, *weights, launch=launch)
     expected = tokenizer_step.convnext_mixer(x, cache, *weights)  # what the block runs without the kernel
     for name, mine, theirs in zip(("x1", "ffn_in", "new cache"), ours, expected):
         assert mine.shape == theirs.shape and mine.dtype == dtype, name
@@ -99,11 +101,20 @@ def test_convnext_ffn_refuses_wide_blocks(kernels):
         kernels.convnext_ffn(x, x, *([None] * 5))
 
 
-@pytest.mark.parametrize("channels, rows, path", [(32, 204800, "block"), (128, 800, "block"), (128, 12800, "mixer+ffn"),
-                                                  (256, 12800, "mixer"), (2048, 1, "mixer")])
+@pytest.mark.parametrize("channels, rows, path", [(32, 3200, "block"), (32, 51200, "block"), (32, 204800, "mixer+ffn"),
+                                                  (64, 102400, "mixer+ffn"), (128, 12800, "block"),
+                                                  (128, 19200, "mixer+ffn"), (256, 12800, "mixer"), (2048, 1, "mixer")])
 def test_blocks_take_the_measured_kernels(kernels, channels, rows, path):
-    """The split path only for blocks wider than 64 channels over many rows (16 streams on), where it was faster."""
+    """The split path (the walking mixer, then the FFN kernel) for the narrow blocks over as many rows as made it
+    faster (24 streams and more at 32 channels, 48 at 64, 24 at 128); the whole block below."""
     assert kernels.block_kernels(channels, rows) == path
+
+
+@pytest.mark.parametrize("channels, rows, walkers", [(32, 204800, 16), (32, 3200, 0), (256, 12800, 8), (256, 6400, 0),
+                                                     (512, 2560, 0)])
+def test_mixers_walk_on_many_rows(kernels, channels, rows, walkers):
+    """convnext_mixer takes the walking kernel for the narrow widths on many rows, the tile kernel elsewhere."""
+    assert kernels.mixer_launch(channels, rows)[2] == walkers
 
 
 def test_convnext_block_refuses_wide_blocks(kernels):
