@@ -39,8 +39,6 @@ WALK_MIXER_LAUNCHES = [(1, 4, 1), (2, 4, 1), (4, 4, 1), (8, 4, 2), (8, 8, 4), (3
 FFN_LAUNCHES = [(64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 4, 2), (128, 32, 8, 3), (128, 64, 8, 2), (32, 64, 8, 2)]
 BLOCK_LAUNCHES = [(16, 64, 4), (16, 64, 8), (32, 64, 4), (32, 64, 8), (32, 32, 4), (64, 64, 8), (16, 128, 8),
                   (32, 128, 8)]
-
-
 WRONG = 1e-2  # a launch whose results differ more from the configured one's computes something else (bf16: ~4e-3)
 
 
@@ -132,6 +130,7 @@ def main() -> None:
 def _mixer_error(ours, theirs) -> float:
     """The largest difference of two convnext_mixer results (x1, ffn_in, new cache), relative to the largest value."""
     return max(float((a.float() - b.float()).abs().max() / b.float().abs().max()) for a, b in zip(ours, theirs))
+
 
 if __name__ == "__main__":
     main()
