@@ -400,6 +400,23 @@ class DiffusionSolver(nn.Module):
         return x[:rows]
 
 
+class ConnectorStep(nn.Module):
+    """A speech connector (transformers' VibeVoiceMultiModalProjector: linear_1, RMSNorm, linear_2) as two
+    `linear_block`s, the norm taken into the second: at few rows on CUDA two few-row kernels, where the module runs
+    some ten. `triton` as DiffusionSolver's. x [..., D] -> [..., H]."""
+
+    def __init__(self, projector: nn.Module, triton: bool | None = None):
+        super().__init__()
+        self.projector, self.triton = projector, triton
+        self.first, self.second = linear_params(projector.linear_1), linear_params(projector.linear_2)
+        self.norm = (projector.act.weight, projector.act.variance_epsilon)
+
+    def forward(self, x):
+        ops = kernels_for(x, self.triton) or sys.modules[__name__]
+        hidden = linear_block(x.reshape(-1, x.shape[-1]), self.first, ops)
+        return linear_block(hidden, self.second, ops, norm=self.norm).view(*x.shape[:-1], -1)
+
+
 class VoiceEncoder(nn.Module):
     """Voice audio [S, 1, N] (normalised, N a multiple of 3200) -> the acoustic encoder's mean latents [S, N/3200, 64].
 

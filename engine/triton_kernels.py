@@ -53,6 +53,7 @@ FFN_MAX_CHANNELS = max(FFN_LAUNCH)
 WALK_WIDTH = tl.constexpr(6)
 # Triton's interpreter (the CPU tests) miscomputes products of bf16 operands: there they are float32 (exact too)
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+INTERPRETED_MATH = tl.constexpr(INTERPRETED)
 # Programmatic dependent launch (Hopper on): each kernel here may start while the kernel before it drains and waits
 # for it (griddepcontrol.wait) before touching anything another kernel writes or reads, so its launch hides behind
 # the previous kernel's tail. perf/profile_frame.py --no-dependent-launch measures without it.
@@ -74,6 +75,37 @@ def _dependent_launch(device: torch.device) -> dict:
     """The launch options of a kernel here on `device`: its PDL flag and Triton's launch_pdl."""
     on = DEPENDENT_LAUNCH and not INTERPRETED and device.type == "cuda" and _properties(device).major >= 9
     return {"PDL": on, "launch_pdl": on}
+
+
+@triton.jit
+def _approximate(x, instruction: tl.constexpr):
+    """A float32 PTX approximation ("rcp.approx.ftz.f32": 1 / x, "ex2.approx.ftz.f32": 2^x) as its one special-function
+    instruction: Triton's division and exp2 add range fix-ups (denormals) that the callers' ranges never need. Exact
+    division and exp2 under the interpreter (no inline assembly there)."""
+    if INTERPRETED_MATH:
+        return 1.0 / x if instruction == "rcp.approx.ftz.f32" else tl.exp2(x)
+    return tl.inline_asm_elementwise(instruction + " $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _gelu(x):
+    """The exact GELU of float32 x: x * Phi(x), Phi through its tail Q(|x|) = erfc(|x| / sqrt(2)) / 2, computed as
+    t * 2^(P(t) - x^2 log2(e) / 2) with t = 1 / (1 + 0.3 |x|) and P of degree 8 (perf/fit_gelu.py fits it). Relative
+    error at most 3e-6 for |x| <= 8 over the bf16 inputs; PyTorch's x (1 + erf(x / sqrt(2))) / 2 is as exact but
+    for x < -4, where 1 + erf cancels. Half the instructions of tl.erf's, whose two ranges select their coefficients
+    per element: the narrow tokenizer FFNs are bound by it."""
+    u = tl.abs(x)
+    t = _approximate(1.0 + 0.3 * u, "rcp.approx.ftz.f32")
+    p = tl.fma(t, -0.20777207612991333, 0.7860313653945923)
+    p = tl.fma(p, t, -0.8833724856376648)
+    p = tl.fma(p, t, 0.06017054617404938)
+    p = tl.fma(p, t, 0.1320827305316925)
+    p = tl.fma(p, t, 0.1124921664595604)
+    p = tl.fma(p, t, 0.624999463558197)
+    p = tl.fma(p, t, 1.4378015995025635)
+    p = tl.fma(p, t, -3.0624334812164307)
+    q = t * _approximate(tl.fma(-0.7213475204444817 * u, u, p), "ex2.approx.ftz.f32")
+    return x * tl.where(x >= 0, 1.0 - q, q)
 
 
 @functools.cache
@@ -264,7 +296,7 @@ def _ffn(ffn_in, c, channels, w1_ptr, b1_ptr, w2_ptr, b2_ptr, C, HIDDEN,
         b1 = tl.load(b1_ptr + j, mask=units, other=0.0).to(tl.float32)
         hidden = tl.dot(ffn_in, tl.trans(w1.to(operand)), input_precision="ieee" if DOT_FP32 else None)
         hidden = (hidden + b1[None, :]).to(dtype).to(tl.float32)
-        hidden = (0.5 * hidden * (1.0 + tl.erf(hidden * 0.7071067811865476))).to(dtype)  # exact GELU
+        hidden = _gelu(hidden).to(dtype)
         w2 = tl.load(w2_ptr + c[:, None] * HIDDEN + j[None, :], mask=channels[:, None] & units[None, :], other=0.0)
         ffn += tl.dot(hidden.to(operand), tl.trans(w2.to(operand)), input_precision="ieee" if DOT_FP32 else None)
     return ffn + tl.load(b2_ptr + c, mask=channels, other=0.0).to(tl.float32)[None, :]
@@ -699,7 +731,7 @@ def _few_rows_store(acc, up, n, m, M, N, bias_ptr, residual_ptr, layer_scale_ptr
         up = _rounded_output(up, (n + N)[:, None], outputs[:, None], bias_ptr, HAS_BIAS, dtype)
         out = (out / (1.0 + tl.exp(-out))).to(dtype).to(tl.float32) * up
     if GELU:
-        out = 0.5 * out * (1.0 + tl.erf(out * 0.7071067811865476))
+        out = _gelu(out)
     where = m[None, :] * N + n[:, None]
     mask = outputs[:, None] & (m < M)[None, :]
     if HAS_RESIDUAL:

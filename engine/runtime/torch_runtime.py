@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 
 from engine.checkpoint import Checkpoint
-from engine.network import (CachedLanguageModelStep, DiffusionHeadStep, DiffusionSolver, LanguageModelStep,
-                            VoiceEncoder)
+from engine.network import (CachedLanguageModelStep, ConnectorStep, DiffusionHeadStep, DiffusionSolver,
+                            LanguageModelStep, VoiceEncoder)
 from engine.quantize import quantize_linears
 from engine.runtime.base import ModelSpec, Runtime
 from engine.tokenizer_step import TokenizerStep
@@ -47,8 +47,8 @@ class TorchRuntime(Runtime):
         self._lm_cached = CachedLanguageModelStep(self._lm, compile=compile)
         self._head = DiffusionHeadStep(inner.diffusion_head)
         self._solver = DiffusionSolver(inner.diffusion_head)
-        self._acoustic_connector = inner.multi_modal_projector
-        self._semantic_connector = inner.semantic_connector
+        self._acoustic_connector = ConnectorStep(inner.multi_modal_projector)
+        self._semantic_connector = ConnectorStep(inner.semantic_connector)
         self._decoder = TokenizerStep(inner.audio_tower.decoder)
         self._semantic = TokenizerStep(inner.semantic_tokenizer_encoder)
         self._voice_encoder = VoiceEncoder(inner.audio_tower.encoder)

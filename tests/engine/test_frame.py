@@ -9,7 +9,7 @@ from engine.config import EngineSettings
 from engine.prompt import prepare_prompt
 from engine.request import SynthesisOptions, SynthesisRequest, Voice
 from engine.runtime import load_runtime
-from engine.network import CachedLanguageModelStep, DiffusionSolver
+from engine.network import CachedLanguageModelStep, ConnectorStep, DiffusionSolver
 from engine.quantize import fuse_linears, linear
 from engine.runtime.base import Runtime
 from engine.sampler import schedule_table, solve
@@ -113,6 +113,22 @@ def test_fused_solver_equals_the_reference_solve_over_the_head(model):
     pytest.importorskip("triton")
     with_kernels = DiffusionSolver(runtime._solver.head, triton=True)  # as on CUDA, here by Triton's interpreter
     torch.testing.assert_close(with_kernels(noise, cond_pos, cond_neg, cfg, table), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("triton", [False, True])
+def test_connector_steps_equal_the_modules(model, triton):
+    """The speech connectors as two linear_blocks (the norm inside the second), with torch ops and with the Triton
+    kernels (by Triton's interpreter), against transformers' modules: a frame's few rows and a prompt's many."""
+    if triton:
+        pytest.importorskip("triton")
+    runtime = model[0]
+    generator = torch.Generator().manual_seed(2)
+    for step in (runtime._acoustic_connector, runtime._semantic_connector):
+        ours = ConnectorStep(step.projector, triton=triton)
+        width = step.projector.linear_1.in_features
+        for shape in ((3, width), (2, 20, width)):
+            x = torch.randn(*shape, generator=generator)
+            torch.testing.assert_close(ours(x), step.projector(x), rtol=1e-5, atol=1e-5)
 
 
 def test_fused_linears_compute_what_the_separate_ones_did_and_share_their_memory():
