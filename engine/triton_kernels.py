@@ -53,7 +53,7 @@ FFN_MAX_CHANNELS = max(FFN_LAUNCH)
 WALK_WIDTH = tl.constexpr(6)
 # Triton's interpreter (the CPU tests) miscomputes products of bf16 operands: there they are float32 (exact too)
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-INTERPRETED_MATH = tl.constexpr(INTERPRETED)
+INTERPRETING = tl.constexpr(INTERPRETED)  # the same, for the kernels to branch on
 # Programmatic dependent launch (Hopper on): each kernel here may start while the kernel before it drains and waits
 # for it (griddepcontrol.wait) before touching anything another kernel writes or reads, so its launch hides behind
 # the previous kernel's tail. perf/profile_frame.py --no-dependent-launch measures without it.
@@ -82,7 +82,7 @@ def _approximate(x, instruction: tl.constexpr):
     """A float32 PTX approximation ("rcp.approx.ftz.f32": 1 / x, "ex2.approx.ftz.f32": 2^x) as its one special-function
     instruction: Triton's division and exp2 add range fix-ups (denormals) that the callers' ranges never need. Exact
     division and exp2 under the interpreter (no inline assembly there)."""
-    if INTERPRETED_MATH:
+    if INTERPRETING:
         return 1.0 / x if instruction == "rcp.approx.ftz.f32" else tl.exp2(x)
     return tl.inline_asm_elementwise(instruction + " $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
 
@@ -705,7 +705,6 @@ EIGHT_BIT_SPLIT_INNER, EIGHT_BIT_SPLITS = 384, 8
 ACTIVATION_GROUP = quantize.ACTIVATION_GROUP
 E4M3_MAX = tl.constexpr(quantize.E4M3_MAX)
 SMALLEST_SCALE = tl.constexpr(quantize.SMALLEST_SCALE)
-EMULATED_FP8_ROUNDING = tl.constexpr(INTERPRETED)
 
 
 @triton.jit
@@ -813,7 +812,7 @@ def _fp8_activations(x):
     value next to a rounding boundary of fp8 may round the other way). The conversion saturates at E4M3_MAX."""
     top = tl.maximum(tl.max(tl.abs(x.to(tl.float32)), axis=1), SMALLEST_SCALE)
     values = x.to(tl.float32) * (tl.full(top.shape, E4M3_MAX, tl.float32) / top)[:, None]
-    if EMULATED_FP8_ROUNDING:
+    if INTERPRETING:  # the interpreter's fp8 conversion does not round as the GPU's
         values = _e4m3_grid(tl.clamp(values, -E4M3_MAX, E4M3_MAX))
     return values.to(tl.float8e4nv), top * (1.0 / E4M3_MAX)
 
