@@ -38,6 +38,7 @@ import torch
 
 from engine.config import DEFAULT_DIFFUSION_STEPS, HOP_SAMPLES, EngineSettings
 from engine.errors import InvalidRequest
+from engine.frame_glue import TokenIds, glue_ops
 from engine.prompt import PreparedPrompt, upload
 from engine.request import MAX_DIFFUSION_STEPS, SynthesisOptions
 from engine.runtime.base import Runtime
@@ -128,6 +129,8 @@ class BatchEngine:
         self._audio_out = torch.zeros(n, HOP_SAMPLES, dtype=torch.float32, device=dev)
         self._token_ids = torch.tensor(spec.token_ids, device=dev)
         self._speech_choice = spec.token_ids.index(spec.audio_token_id)
+        self._token_kinds = TokenIds(speech=spec.audio_token_id, eos=spec.audio_eos_id, bos=spec.audio_bos_id)
+        self._glue = glue_ops(dev)
         self._slots: list[_Slot] = []
         self._in_flight: deque[_Frame] = deque()
         self._launches = itertools.count()
@@ -353,15 +356,9 @@ class BatchEngine:
     def _frame(self, n: int, steps: int, context: int) -> None:
         """One frame for slots [0, n) on the device, in place: reads the slots' state, noise and options, writes
         the new state, `_tokens_out` and `_audio_out`. No host synchronisation, no data-dependent shapes."""
-        rt, spec = self.runtime, self.runtime.spec
-        choice = self._logits[:n].argmax(-1)
-        choice = torch.where(self._exact[:n], self._speech_choice, choice)
-        tokens = self._token_ids[choice]
-        speech = tokens == spec.audio_token_id
-
-        used = self._noises_used[:n]  # the frame before may have used a noise the host does not know of yet
-        noise = self._noises[:n].gather(1, (used % 2)[:, None, None].expand(n, 1, spec.latent_dim))[:, 0]
-        used.add_(speech.long())
+        rt, spec, glue = self.runtime, self.runtime.spec, self._glue
+        tokens, noise = glue.choose_tokens(self._logits[:n], self._exact[:n], self._speech_choice, self._token_ids,
+                                           self._noises[:n], self._noises_used[:n])
         latents = rt.solve(noise, self._positive_hidden[:n], self._negative_hidden[:n], self._cfg[:n],
                            self._table[:n, :steps])
         caches = [cache[:n] for cache in self._caches]
@@ -369,21 +366,11 @@ class BatchEngine:
                                              *caches[:self._decoder_count])
         semantic, *semantic_caches = rt.semantic(decoded, *caches[self._decoder_count:])
         new_state = torch.cat([new.transpose(1, 2).reshape(n, -1) for new in decoder_caches + semantic_caches], dim=1)
-        state = self._conv_state[:n]
-        state.copy_(torch.where(speech[:, None], new_state,
-                                torch.where((tokens == spec.audio_eos_id)[:, None], 0.0, state)))
-        speech_embeds = rt.acoustic_connector(latents) + rt.semantic_connector(semantic[:, 0])
-        embeds = torch.where(speech[:, None], speech_embeds, rt.embed(tokens))
-
-        positive, negative = self._positive_len[:n], self._negative_len[:n]
         # the speculative negative step of the last LM call is kept for speech; audio_bos restarts the negative row
-        negative.copy_(torch.where(speech, negative + 1, torch.where(tokens == spec.audio_bos_id, 1, negative)))
-        positions = torch.stack([positive, negative], dim=1).reshape(-1).clamp(max=context - 1)
-        hidden, logits = rt.lm_cached(embeds.repeat_interleave(2, dim=0), positions, self._keys, self._values,
-                                      context)
-        positive.add_(1)
-        self._positive_hidden[:n] = hidden[0::2]
-        self._negative_hidden[:n] = hidden[1::2]
-        self._logits[:n] = logits[0::2]
-        self._tokens_out[:n] = tokens
-        self._audio_out[:n] = decoded[:, 0]
+        embeds, positions = glue.step_inputs(tokens, self._token_kinds, self._conv_state[:n], new_state,
+                                             rt.acoustic_connector(latents), rt.semantic_connector(semantic[:, 0]),
+                                             rt.embed(tokens), self._positive_len[:n], self._negative_len[:n],
+                                             context)
+        hidden, logits = rt.lm_cached(embeds, positions, self._keys, self._values, context)
+        glue.keep_outputs(hidden, logits, decoded, tokens, self._positive_len[:n], self._positive_hidden[:n],
+                          self._negative_hidden[:n], self._logits[:n], self._tokens_out[:n], self._audio_out[:n])

@@ -100,9 +100,11 @@ class CachedLanguageModelStep(nn.Module):
         ops = (None if self.compiled else kernels_for(embeds, self.triton)) or sys.modules[__name__]
         cos, sin = step.lm.rotary_emb(embeds[:, None], positions[:, None])  # [R, 1, head_dim]
         cos, sin = cos[:, 0], (sin * self.rotation_sign)[:, 0]
-        visible = torch.arange(context, device=embeds.device)[None] <= positions[:, None]  # [R, context]
-        mask = torch.zeros(visible.shape, dtype=embeds.dtype, device=embeds.device).masked_fill_(
-            ~visible, torch.finfo(embeds.dtype).min)[:, None, None]
+        mask = None  # the Triton attention reads positions; the torch ops take an additive mask
+        if ops is sys.modules[__name__]:
+            visible = torch.arange(context, device=embeds.device)[None] <= positions[:, None]  # [R, context]
+            mask = torch.zeros(visible.shape, dtype=embeds.dtype, device=embeds.device).masked_fill_(
+                ~visible, torch.finfo(embeds.dtype).min)[:, None, None]
         hidden = embeds
         for i, weights in enumerate(self.layer_weights):
             hidden = self.layer(hidden, weights, cos, sin, keys[i, :rows, :, :context],

@@ -61,7 +61,7 @@ DEPENDENT_LAUNCH = True
 
 
 @triton.jit
-def _after_previous_kernel(PDL: tl.constexpr):
+def after_previous_kernel(PDL: tl.constexpr):
     """Under programmatic dependent launch (PDL), wait until the kernel before has finished and its writes are
     visible, then let the next one start launching. Every kernel here calls it in every program before touching
     memory other kernels write or read (only constant weights may be read before): the waits chain, so a kernel
@@ -71,7 +71,7 @@ def _after_previous_kernel(PDL: tl.constexpr):
         gdc_launch_dependents()
 
 
-def _dependent_launch(device: torch.device) -> dict:
+def dependent_launch(device: torch.device) -> dict:
     """The launch options of a kernel here on `device`: its PDL flag and Triton's launch_pdl."""
     on = DEPENDENT_LAUNCH and not INTERPRETED and device.type == "cuda" and _properties(device).major >= 9
     return {"PDL": on, "launch_pdl": on}
@@ -197,7 +197,7 @@ def _convnext_mixer_kernel(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr,
                            T, C, eps, ffn_eps, sxb, sxt, scb, sct, scc,
                            WIDTH: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
                            WINDOW: tl.constexpr, DOT_FP32: tl.constexpr, PDL: tl.constexpr):
-    _after_previous_kernel(PDL)
+    after_previous_kernel(PDL)
     b, first = tl.program_id(0), tl.program_id(1) * BLOCK_T
     t = first + tl.arange(0, BLOCK_T)
     c = tl.arange(0, BLOCK_C)
@@ -220,7 +220,7 @@ def _convnext_mixer_walk_kernel(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b
     i * ROWS + [0, ROWS) of batch b as WALKERS runs of ROWS / WALKERS rows, all walked side by side in order; each
     row is normalised once and the six normalised rows before a walker's current one ride along in registers as the
     taps' inputs (only the six before a run's first are normalised twice). No window, no shift products."""
-    _after_previous_kernel(PDL)
+    after_previous_kernel(PDL)
     WIDTH: tl.constexpr = WALK_WIDTH
     RUN: tl.constexpr = ROWS // WALKERS
     b = tl.program_id(0)
@@ -315,7 +315,7 @@ def _convnext_block_kernel(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr,
                            T, C, HIDDEN, eps, ffn_eps, sxb, sxt, scb, sct, scc,
                            WIDTH: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
                            BLOCK_H: tl.constexpr, WINDOW: tl.constexpr, DOT_FP32: tl.constexpr, PDL: tl.constexpr):
-    _after_previous_kernel(PDL)
+    after_previous_kernel(PDL)
     b, first = tl.program_id(0), tl.program_id(1) * BLOCK_T
     t = first + tl.arange(0, BLOCK_T)
     c = tl.arange(0, BLOCK_C)
@@ -332,7 +332,7 @@ def _convnext_block_kernel(x_ptr, cache_ptr, norm_w_ptr, conv_w_ptr, conv_b_ptr,
 def _convnext_ffn_kernel(x1_ptr, ffn_in_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, ffn_gamma_ptr, out_ptr, R, C, HIDDEN,
                          BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr,
                          DOT_FP32: tl.constexpr, PDL: tl.constexpr):
-    _after_previous_kernel(PDL)
+    after_previous_kernel(PDL)
     r = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     c = tl.arange(0, BLOCK_C)
     channels = c < C
@@ -357,7 +357,7 @@ def _prepare(x, cache, rows: int, min_block: int = 1):
     strides = (x.stride(0), x.stride(1), *cache.stride())
     window = triton.next_power_of_2(block_t + width) if min(block_t, block_c) >= 16 else 0  # tl.dot's least: 16
     options = dict(WIDTH=width, BLOCK_W=triton.next_power_of_2(width), BLOCK_T=block_t, BLOCK_C=block_c,
-                   WINDOW=window, DOT_FP32=x.dtype == torch.float32 or INTERPRETED, **_dependent_launch(x.device))
+                   WINDOW=window, DOT_FP32=x.dtype == torch.float32 or INTERPRETED, **dependent_launch(x.device))
     return x, new_cache, grid, strides, options
 
 
@@ -400,7 +400,7 @@ def convnext_ffn(x1, ffn_in, linear1_weight, linear1_bias, linear2_weight, linea
         flat_x1, flat_in, linear1_weight, linear1_bias, linear2_weight, linear2_bias, ffn_gamma, out, rows, channels,
         hidden, BLOCK_T=block_t, BLOCK_C=max(16, triton.next_power_of_2(channels)),
         BLOCK_H=_hidden_block(hidden_tile, hidden, x1.dtype), DOT_FP32=x1.dtype == torch.float32 or INTERPRETED,
-        num_warps=warps, num_stages=stages, **_dependent_launch(x1.device))
+        num_warps=warps, num_stages=stages, **dependent_launch(x1.device))
     return out.view(x1.shape)
 
 
@@ -467,7 +467,7 @@ def _modulated_norm_kernel(hidden_ptr, gate_ptr, update_ptr, partial_ptr, square
                            WEIGHTED: tl.constexpr, SUMS: tl.constexpr, SPLITS: tl.constexpr, ROWS: tl.constexpr,
                            NORM: tl.constexpr, SCALED: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
                            PDL: tl.constexpr):
-    _after_previous_kernel(PDL)
+    after_previous_kernel(PDL)
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < H
@@ -503,7 +503,7 @@ def _modulated_norm(hidden, gate, update, weight, eps, shift, scale):
     _modulated_norm_kernel[(rows,)](hidden, gate, *update_arguments, weight, shift, scale, hidden_out, normed, width,
                                     eps, shift.stride(0), RESIDUAL=gate is not None, WEIGHTED=weight is not None,
                                     BLOCK=block, num_warps=min(16, max(1, block // 256)), **update_flags,
-                                    **_dependent_launch(hidden.device))
+                                    **dependent_launch(hidden.device))
     return hidden_out, normed
 
 
@@ -521,7 +521,7 @@ def residual_modulated_norm(hidden, gate, update, weight, eps, shift, scale):
 
 @triton.jit
 def _silu_mul_kernel(gate_up_ptr, out_ptr, F, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    _after_previous_kernel(PDL)
+    after_previous_kernel(PDL)
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < F
@@ -539,14 +539,14 @@ def silu_mul(gate_up):
     out = torch.empty(rows, width // 2, dtype=gate_up.dtype, device=gate_up.device)
     block = 1024
     _silu_mul_kernel[(rows, triton.cdiv(width // 2, block))](gate_up, out, width // 2, BLOCK=block,
-                                                                  **_dependent_launch(gate_up.device))
+                                                                  **dependent_launch(gate_up.device))
     return out
 
 
 @triton.jit
 def _guided_update_kernel(v_ptr, x_ptr, previous_ptr, cfg_ptr, coefficients_ptr, x_out_ptr, x0_ptr,
                           B, D, coefficients_stride, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    _after_previous_kernel(PDL)
+    after_previous_kernel(PDL)
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < D
@@ -577,7 +577,7 @@ def guided_update(v, x, previous_x0, cfg, coefficients):
     x_out, x0 = torch.empty_like(x), torch.empty_like(previous_x0)
     _guided_update_kernel[(rows,)](v.contiguous(), x.contiguous(), previous_x0.contiguous(), cfg.contiguous(),
                                    coefficients, x_out, x0, rows, width, coefficients.stride(0),
-                                   BLOCK=triton.next_power_of_2(width), **_dependent_launch(x.device))
+                                   BLOCK=triton.next_power_of_2(width), **dependent_launch(x.device))
     return x_out, x0
 
 
@@ -597,6 +597,12 @@ def _rotated(product_ptr, partial_ptr, squares_ptr, scale_ptr, bias_ptr, head, d
     return (x * cos + rolled * sin).to(dtype)
 
 
+# rotary_attend's launch: positions per step, warps, stages (perf/tune_attention.py). At few rows each program's
+# loop is bound by its steps' latency: 128 positions a step (1.5B, two rows, 512 positions: 8.9 us against 11.8
+# for 64). Many rows fill the multiprocessors with programs, which then fit two to one at 64 positions a step.
+ATTEND_FEW_ROWS_LAUNCH, ATTEND_LAUNCH = (128, 4, 3), (64, 4, 3)
+
+
 @triton.jit
 def _rotary_attend_kernel(product_ptr, partial_ptr, squares_ptr, scale_ptr, bias_ptr, K, eps,
                           cos_ptr, sin_ptr, positions_ptr, keys_ptr, values_ptr, out_ptr, T, softmax_scale,
@@ -607,7 +613,7 @@ def _rotary_attend_kernel(product_ptr, partial_ptr, squares_ptr, scale_ptr, bias
     """Row program_id(0)'s query heads that share key/value head program_id(1): their q and the row's new k rotated
     and rounded, k and v written into the caches at the row's position, then attention over the row's live
     positions (online softmax)."""
-    _after_previous_kernel(PDL)
+    after_previous_kernel(PDL)
     row, kv = tl.program_id(0), tl.program_id(1)
     kv_heads = tl.num_programs(1)
     heads = kv_heads * GROUP
@@ -657,23 +663,34 @@ def _rotary_attend_kernel(product_ptr, partial_ptr, squares_ptr, scale_ptr, bias
     tl.store(out_ptr + (row * heads + query_heads)[:, None] * D + d[None, :], out.to(dtype), mask=grouped)
 
 
-def rotary_attend(qkv, cos, sin, keys, values, mask, positions, heads: int, kv_heads: int, scale: float):
+def attend_launch(rows: int, dtype: torch.dtype) -> tuple[int, int, int]:
+    """rotary_attend's launch (ATTEND_FEW_ROWS_LAUNCH or ATTEND_LAUNCH) for `rows` rows of `dtype` caches; float32
+    ones take half the positions per step (the same bytes)."""
+    block_n, warps, stages = ATTEND_FEW_ROWS_LAUNCH if rows <= FEW_ROWS else ATTEND_LAUNCH
+    return (block_n // 2 if dtype == torch.float32 else block_n), warps, stages
+
+
+def rotary_attend(qkv, cos, sin, keys, values, mask, positions, heads: int, kv_heads: int, scale: float,
+                  launch: tuple[int, int, int] | None = None):
     """engine.network.rotary_attend in one kernel: qkv [R, (heads + 2 kv) d] (a tensor, or a few-row product's
     SplitSums, finished here as they are loaded), cos/sin [R, d] (sin carrying rotate_half's sign): q and k rotated,
     k and v written into keys/values [R, kv, T, d] (views, last dimension contiguous) at `positions` [R], then one
     new token per row's attention over positions <= `positions` (what the additive `mask` [R, 1, 1, T] says too;
-    this kernel reads positions, and only the live part of the cache) -> [R, heads, 1, d]."""
+    this kernel reads positions, and only the live part of the cache) -> [R, heads, 1, d]. `launch` (positions per
+    step, warps, stages) overrides attend_launch's."""
     rows, head_dim = cos.shape
     if keys.stride(-1) != 1 or values.stride(-1) != 1:
         raise ValueError("the KV caches' last dimension must be contiguous")
     arguments, flags = _product_arguments(qkv)
     out = torch.empty(rows, heads, 1, head_dim, dtype=keys.dtype, device=keys.device)
     group = heads // kv_heads
+    block_n, warps, stages = launch or attend_launch(rows, keys.dtype)
     _rotary_attend_kernel[(rows, kv_heads)](*arguments, cos.contiguous(), sin.contiguous(), positions, keys, values,
                                             out, keys.shape[2], scale, *keys.stride()[:3], *values.stride()[:3],
                                             GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), D=head_dim,
-                                            BLOCK_N=64, DOT_FP32=keys.dtype == torch.float32 or INTERPRETED,
-                                            **flags, **_dependent_launch(keys.device))
+                                            BLOCK_N=block_n, DOT_FP32=keys.dtype == torch.float32 or INTERPRETED,
+                                            num_warps=warps, num_stages=stages, **flags,
+                                            **dependent_launch(keys.device))
     return out
 
 
@@ -753,7 +770,7 @@ def _few_rows_linear_kernel(x_ptr, norm_ptr, w_ptr, scale_ptr, bias_ptr, residua
     RMSNorm's per-row factor is taken out of the product: (x * norm weight) @ W, times the inverse root mean square
     of x, whose squares are summed over the same tiles (no pass over x before the weights). Operands are converted
     to OPERAND; FP8: x's tile (one activation group per row) is quantized to fp8 first."""
-    _after_previous_kernel(PDL)
+    after_previous_kernel(PDL)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     m = tl.arange(0, ROWS)
     outputs, rows = n < N, m < M
@@ -872,7 +889,7 @@ def _few_rows_reduce_kernel(partial_ptr, squares_ptr, scale_ptr, bias_ptr, resid
                             GELU: tl.constexpr, SCALED: tl.constexpr, HAS_BIAS: tl.constexpr,
                             HAS_RESIDUAL: tl.constexpr, LAYER_SCALE: tl.constexpr, ROWS: tl.constexpr,
                             BLOCK_N: tl.constexpr, PDL: tl.constexpr):
-    _after_previous_kernel(PDL)
+    after_previous_kernel(PDL)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     m = tl.arange(0, ROWS)
     outputs = (n < N)[:, None]
@@ -967,7 +984,7 @@ def few_rows_linear(x, weight, bias=None, scale=None, *, norm=None, activation=N
                  HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, LAYER_SCALE=layer_scale is not None,
                  ROWS=FEW_ROWS)
     norm_weight, eps = norm if norm is not None else (None, 0.0)
-    launch_options = _dependent_launch(x.device)
+    launch_options = dependent_launch(x.device)
     _few_rows_linear_kernel[(triton.cdiv(outputs, block_n), splits)](
         x, norm_weight, weight, scale, bias, residual, layer_scale, out, partial, squares, rows, outputs, inner, eps,
         split_inner, SPLIT=split, OPERAND=_operand(x.dtype, weight.dtype), FP8=fp8,
@@ -1058,7 +1075,7 @@ def _scaled_linear_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, residual_ptr, out_p
     operands converted to OPERAND (FP8: x's tile, one activation group per row, quantized to fp8 first, each group's
     sums scaled), summed in float32, scaled, rounded once; bias and residual then added as PyTorch adds them (each
     rounded)."""
-    _after_previous_kernel(PDL)
+    after_previous_kernel(PDL)
     m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows, outputs = m < M, n < N
@@ -1103,7 +1120,7 @@ def scaled_linear(x, weight, scale, bias=None, residual=None, *, launch: tuple[i
         flat, weight, scale, bias, None if residual is None else residual.reshape(rows, outputs).contiguous(), out,
         rows, outputs, inner, HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
         OPERAND=_operand(x.dtype, weight.dtype), FP8=fp8, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        num_warps=warps, **_dependent_launch(x.device))
+        num_warps=warps, **dependent_launch(x.device))
     return out.view(*x.shape[:-1], outputs)
 
 

@@ -1,11 +1,12 @@
 """Where a captured frame's time goes: each piece of the frame captured as its own CUDA graph and replayed.
 
-    python perf/profile_frame.py --size 1.5B --slots 1 64 [--kernels 12] [--no-dependent-launch]
+    python perf/profile_frame.py --size 1.5B --slots 1 64 [--kernels 12] [--no-dependent-launch] [--precision fp8]
 
-Times are GPU times of graph replays (no launch overhead), bf16, random weights, attended context 512. With
---kernels N, each piece also runs once eagerly under the profiler: its kernel count, the sum of its kernels' GPU
-times (against the replay: the rest is the gaps between kernels) and its N costliest kernels. Under programmatic
-dependent launch (the default), it first checks that each piece's replays equal, bit for bit, its replays without.
+Times are GPU times of graph replays (no launch overhead), bf16 unless asked, random weights, attended context
+512. With --kernels N, each piece also runs once eagerly under the profiler: its kernel count, the sum of its
+kernels' GPU times (against the replay: the rest is the gaps between kernels) and its N costliest kernels. Under
+programmatic dependent launch (the default), it first checks that each piece's replays equal, bit for bit, its
+replays without.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from engine import triton_kernels
 from engine.checkpoint import random_checkpoint
 from engine.config import HOP_SAMPLES
 from engine.network import StreamingConvStep
+from engine.runtime import TORCH_PRECISIONS
 from engine.runtime.torch_runtime import TorchRuntime
 from engine.sampler import schedule_table
 
@@ -137,11 +139,14 @@ def main() -> None:
     parser.add_argument("--kernels", type=int, default=0, help="list each piece's N costliest kernels")
     parser.add_argument("--no-dependent-launch", action="store_true",
                         help="the Triton kernels without programmatic dependent launch")
+    parser.add_argument("--precision", choices=["bf16", "fp8", "int8"], default="bf16")
     args = parser.parse_args()
     checkpoint = random_checkpoint(args.size, device="cuda")
-    rt = TorchRuntime(checkpoint, "cuda", torch.bfloat16, compile=args.compile)
-    spec, dt = rt.spec, torch.bfloat16
-    print(f"{args.size}, bf16{', compiled' if args.compile else ''}, context {args.context}: ms per replay")
+    held = TORCH_PRECISIONS[args.precision]
+    rt = TorchRuntime(checkpoint, "cuda", held.dtype, compile=args.compile, quantized=held.quantized)
+    spec, dt = rt.spec, held.dtype
+    print(f"{args.size}, {args.precision}{', compiled' if args.compile else ''}, context {args.context}: "
+          "ms per replay")
     for n in args.slots:
         keys = torch.randn(spec.num_layers, 2 * n, spec.kv_heads, args.context, spec.head_dim, dtype=dt,
                            device="cuda")

@@ -3,7 +3,7 @@
 or addcmul).
 
     python perf/tune_few_rows_linear.py [--size 1.5B 7B] [--rows 2 16] [--only qkv tokenizer] [--weights bf16 fp8 int8]
-        [--warps 4 8] [--stages 3 4 5] [--deep]
+        [--warps 4 8] [--stages 3 4 5] [--splits 1 2 4 8] [--deep]
 
 For each product of a frame's LM step, diffusion solve and widest tokenizer blocks at the released sizes, with what
 surrounds it there, and each row count (2 = one stream's positive and negative rows): microseconds per product (CUDA
@@ -58,12 +58,13 @@ def main() -> None:
     parser.add_argument("--weights", nargs="+", default=["bf16"], choices=["bf16", "fp8", "int8"])
     parser.add_argument("--warps", type=int, nargs="+", default=[4])
     parser.add_argument("--stages", type=int, nargs="+", default=[3, 4, 5])
+    parser.add_argument("--splits", type=int, nargs="+", default=[1, 2, 4, 8], help="splits of the inner width")
     parser.add_argument("--deep", action="store_true", help="also narrow tiles with long inner steps")
     args = parser.parse_args()
     for size, kind, rows in itertools.product(args.size, args.weights, args.rows):
         eight_bit = kind != "bf16"
         launches = [(n, k, splits, warps, stages) for (n, k), splits, warps, stages in itertools.product(
-            TILES_8BIT.get(kind, TILES + (NARROW_DEEP_TILES if args.deep else [])), (1, 2, 4, 8), args.warps,
+            TILES_8BIT.get(kind, TILES + (NARROW_DEEP_TILES if args.deep else [])), args.splits, args.warps,
             args.stages)]
         for name, (out, inner, options) in products(size).items():
             if args.only and not any(part in name for part in args.only):
@@ -105,13 +106,13 @@ def main() -> None:
             twin = torch_twin(x, weights[0], around).cuda().float()  # linear_block's torch ops, on the CPU
             twin_error = float((result - twin).abs().max() / twin.abs().max())
             ranked = sorted(timings, key=timings.get)[:5]
-            unsplit = min((launch for launch in timings if launch[2] == 1), key=timings.get)
+            unsplit = min((launch for launch in timings if launch[2] == 1), key=timings.get, default=None)
             print(f"{size} {kind} {name} [{out}x{inner}] rows {rows}: current {before:.1f} us; configured "
                   f"{configured:.1f} us ({bytes_ / configured / 1e6:.2f} TB/s); best {timings[best]:.1f} us "
                   f"({bytes_ / timings[best] / 1e6:.2f} TB/s) at {best}; next "
                   + ", ".join(f"{timings[launch]:.1f} {launch}" for launch in ranked[1:])
-                  + f"; unsplit {timings[unsplit]:.1f} at {unsplit}; error vs current {error:.1e}, vs torch ops "
-                  f"{twin_error:.1e}", flush=True)
+                  + (f"; unsplit {timings[unsplit]:.1f} at {unsplit}" if unsplit else "")
+                  + f"; error vs current {error:.1e}, vs torch ops {twin_error:.1e}", flush=True)
 
 
 def torch_twin(x, params, around) -> torch.Tensor:

@@ -153,6 +153,34 @@ def test_joining_mid_run_does_not_disturb_running_streams(tiny_checkpoint, synth
     assert relative_error(np.concatenate(audio[b]), solo(synth, late)) <= 1e-5
 
 
+def test_frame_bookkeeping_kernels_give_the_same_streams(tiny_checkpoint, voices):
+    """The frame's bookkeeping as engine.frame_kernels runs it on CUDA (here in Triton's interpreter) against its
+    torch twins: the same audio, frame for frame, for streams that join late and end at different frames."""
+    from engine import frame_kernels
+
+    runtime, processor = load_runtime(str(tiny_checkpoint), "torch")
+    requests = [request(TWO_SPEAKERS, voices, {1: "low", 2: "high"}, seed=3, exact_frames=6),
+                request(ONE_SPEAKER, voices, {0: "high"}, seed=4, cfg_scale=1.7, max_frames=9)]
+    streams = []
+    for glue in (None, frame_kernels):
+        engine = BatchEngine(runtime, EngineSettings(max_streams=2))
+        if glue:
+            engine._glue = glue
+        audio: dict[int, list] = {}
+        for step in range(12):
+            if step in (0, 2):
+                req = requests[step // 2]
+                engine.add(prepare_prompt(runtime, processor, req, step), req.options)
+            for output in engine.step():
+                audio.setdefault(output.stream_id, []).append(output.audio)
+        streams.append(audio)
+    assert streams[1].keys() == streams[0].keys() and len(streams[0]) == 2
+    for stream, frames in streams[0].items():
+        assert len(streams[1][stream]) == len(frames)
+        for ours, theirs in zip(streams[1][stream], frames):
+            assert (ours is None and theirs is None) or np.array_equal(ours, theirs)
+
+
 def test_cancel_frees_the_slot(tiny_checkpoint, voices):
     runtime, processor = load_runtime(str(tiny_checkpoint), "torch")
     engine = BatchEngine(runtime, EngineSettings(max_streams=1))
