@@ -601,20 +601,27 @@ def _rotated(product_ptr, partial_ptr, squares_ptr, scale_ptr, bias_ptr, head, d
 # loop is bound by its steps' latency: 128 positions a step (1.5B, two rows, 512 positions: 8.9 us against 11.8
 # for 64). Many rows fill the multiprocessors with programs, which then fit two to one at 64 positions a step.
 ATTEND_FEW_ROWS_LAUNCH, ATTEND_LAUNCH = (128, 4, 3), (64, 4, 3)
+# At few rows the context is split among programs of at least ATTEND_SPLIT_POSITIONS positions each, at most
+# ATTEND_MOST_SPLITS of them, their sums then combined: 1.5B, two rows, 512 / 1024 / 2048 / 8192 positions 9.5 /
+# 15.5 / 27.3 / 98.1 us unsplit, 6.1 / 6.7 / 7.1 / 11.7 split (the last 16 ways of 512; 64 ways of 128: 15.5)
+ATTEND_SPLIT_POSITIONS, ATTEND_MOST_SPLITS = 128, 16
 
 
 @triton.jit
 def _rotary_attend_kernel(product_ptr, partial_ptr, squares_ptr, scale_ptr, bias_ptr, K, eps,
-                          cos_ptr, sin_ptr, positions_ptr, keys_ptr, values_ptr, out_ptr, T, softmax_scale,
-                          skr, skh, skt, svr, svh, svt, SUMS: tl.constexpr, SPLITS: tl.constexpr, ROWS: tl.constexpr,
-                          NORM: tl.constexpr, SCALED: tl.constexpr, HAS_BIAS: tl.constexpr, GROUP: tl.constexpr,
-                          BLOCK_G: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, DOT_FP32: tl.constexpr,
+                          cos_ptr, sin_ptr, positions_ptr, keys_ptr, values_ptr, out_ptr, parts_ptr, stats_ptr, T,
+                          chunk, softmax_scale, skr, skh, skt, svr, svh, svt, SUMS: tl.constexpr,
+                          SPLITS: tl.constexpr, ROWS: tl.constexpr, NORM: tl.constexpr, SCALED: tl.constexpr,
+                          HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr,
+                          BLOCK_N: tl.constexpr, CONTEXT_SPLIT: tl.constexpr, DOT_FP32: tl.constexpr,
                           PDL: tl.constexpr):
-    """Row program_id(0)'s query heads that share key/value head program_id(1): their q and the row's new k rotated
-    and rounded, k and v written into the caches at the row's position, then attention over the row's live
-    positions (online softmax)."""
+    """Row program_id(0)'s query heads that share key/value head program_id(1), over the row's live positions in
+    [chunk * program_id(2), + chunk): their q and the row's new k rotated and rounded, k and v written into the
+    caches at the row's position (by the program whose positions hold it), then attention (online softmax). With
+    CONTEXT_SPLIT, each program leaves its unnormalised sums and their softmax statistics (running maximum, total)
+    for _attend_combine_kernel."""
     after_previous_kernel(PDL)
-    row, kv = tl.program_id(0), tl.program_id(1)
+    row, kv, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     kv_heads = tl.num_programs(1)
     heads = kv_heads * GROUP
     width = (heads + 2 * kv_heads) * D
@@ -634,8 +641,10 @@ def _rotary_attend_kernel(product_ptr, partial_ptr, squares_ptr, scale_ptr, bias
     v = _product_values(product_ptr, partial_ptr, squares_ptr, scale_ptr, bias_ptr, (heads + kv_heads + kv) * D + d,
                         row, everywhere, width, K, eps, SUMS, SPLITS, ROWS, NORM, SCALED, HAS_BIAS, dtype).to(dtype)
     position = tl.load(positions_ptr + row)
-    tl.store(keys_ptr + row * skr + kv * skh + position * skt + d, k)
-    tl.store(values_ptr + row * svr + kv * svh + position * svt + d, v)
+    begin = split * chunk
+    owner = d < tl.where((position >= begin) & (position < begin + chunk), D, 0)  # all of d, or none
+    tl.store(keys_ptr + row * skr + kv * skh + position * skt + d, k, mask=owner)
+    tl.store(values_ptr + row * svr + kv * svh + position * svt + d, v, mask=owner)
     tl.debug_barrier()  # the program's own writes, visible to all its threads before the loop reads them
 
     operand = tl.float32 if DOT_FP32 else dtype
@@ -644,7 +653,7 @@ def _rotary_attend_kernel(product_ptr, partial_ptr, squares_ptr, scale_ptr, bias
     best = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
     total = tl.zeros((BLOCK_G,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_G, D), dtype=tl.float32)
-    for start in range(0, length, BLOCK_N):  # online softmax over the live context, BLOCK_N positions at a time
+    for start in range(begin, tl.minimum(begin + chunk, length), BLOCK_N):  # online softmax, BLOCK_N at a time
         n = start + tl.arange(0, BLOCK_N)
         live = n < length
         keys = tl.load(keys_ptr + row * skr + kv * skh + n[:, None] * skt + d[None, :], mask=live[:, None], other=0.0)
@@ -659,8 +668,32 @@ def _rotary_attend_kernel(product_ptr, partial_ptr, squares_ptr, scale_ptr, bias
         update = tl.dot(weights.to(operand), values.to(operand), input_precision="ieee" if DOT_FP32 else None)
         acc = acc * correction[:, None] + update
         best = new_best
-    out = acc / total[:, None]
-    tl.store(out_ptr + (row * heads + query_heads)[:, None] * D + d[None, :], out.to(dtype), mask=grouped)
+    where = row * heads + query_heads
+    if CONTEXT_SPLIT:
+        where += split * tl.num_programs(0) * heads
+        tl.store(parts_ptr + where[:, None] * D + d[None, :], acc, mask=grouped)
+        tl.store(stats_ptr + 2 * where, best, mask=g < GROUP)
+        tl.store(stats_ptr + 2 * where + 1, total, mask=g < GROUP)
+    else:
+        tl.store(out_ptr + where[:, None] * D + d[None, :], (acc / total[:, None]).to(dtype), mask=grouped)
+
+
+@triton.jit
+def _attend_combine_kernel(parts_ptr, stats_ptr, out_ptr, rows_heads, splits, D: tl.constexpr,
+                           BLOCK_S: tl.constexpr, PDL: tl.constexpr):
+    """One row's head program_id(0) (of rows_heads): its splits' sums weighted by exp(their maximum - the
+    largest), over their totals weighted alike. An empty split's maximum is -inf: weight 0."""
+    after_previous_kernel(PDL)
+    i = tl.program_id(0)
+    s = tl.arange(0, BLOCK_S)
+    d = tl.arange(0, D)
+    live = s < splits
+    best = tl.load(stats_ptr + 2 * (s * rows_heads + i), mask=live, other=float("-inf"))
+    total = tl.load(stats_ptr + 2 * (s * rows_heads + i) + 1, mask=live, other=0.0)
+    weight = tl.exp(best - tl.max(best, axis=0))
+    parts = tl.load(parts_ptr + (s * rows_heads + i)[:, None] * D + d[None, :], mask=live[:, None], other=0.0)
+    out = tl.sum(parts * weight[:, None], axis=0) / tl.sum(total * weight, axis=0)
+    tl.store(out_ptr + i * D + d, out.to(out_ptr.dtype.element_ty))
 
 
 def attend_launch(rows: int, dtype: torch.dtype) -> tuple[int, int, int]:
@@ -670,14 +703,24 @@ def attend_launch(rows: int, dtype: torch.dtype) -> tuple[int, int, int]:
     return (block_n // 2 if dtype == torch.float32 else block_n), warps, stages
 
 
+def attend_splits(rows: int, context: int) -> int:
+    """How many programs share each row's positions: at few rows one per ATTEND_SPLIT_POSITIONS of the context (a
+    program's steps are latency-bound), up to ATTEND_MOST_SPLITS; at many rows one (the rows fill the
+    multiprocessors)."""
+    if rows > FEW_ROWS:
+        return 1
+    return max(1, min(context // ATTEND_SPLIT_POSITIONS, ATTEND_MOST_SPLITS))
+
+
 def rotary_attend(qkv, cos, sin, keys, values, mask, positions, heads: int, kv_heads: int, scale: float,
                   launch: tuple[int, int, int] | None = None):
     """engine.network.rotary_attend in one kernel: qkv [R, (heads + 2 kv) d] (a tensor, or a few-row product's
     SplitSums, finished here as they are loaded), cos/sin [R, d] (sin carrying rotate_half's sign): q and k rotated,
     k and v written into keys/values [R, kv, T, d] (views, last dimension contiguous) at `positions` [R], then one
     new token per row's attention over positions <= `positions` (what the additive `mask` [R, 1, 1, T] says too;
-    this kernel reads positions, and only the live part of the cache) -> [R, heads, 1, d]. `launch` (positions per
-    step, warps, stages) overrides attend_launch's."""
+    this kernel reads positions, and only the live part of the cache) -> [R, heads, 1, d]. At few rows a long
+    context is split among programs (attend_splits) and their sums combined by a second kernel. `launch`
+    (positions per step, warps, stages) overrides attend_launch's."""
     rows, head_dim = cos.shape
     if keys.stride(-1) != 1 or values.stride(-1) != 1:
         raise ValueError("the KV caches' last dimension must be contiguous")
@@ -685,12 +728,21 @@ def rotary_attend(qkv, cos, sin, keys, values, mask, positions, heads: int, kv_h
     out = torch.empty(rows, heads, 1, head_dim, dtype=keys.dtype, device=keys.device)
     group = heads // kv_heads
     block_n, warps, stages = launch or attend_launch(rows, keys.dtype)
-    _rotary_attend_kernel[(rows, kv_heads)](*arguments, cos.contiguous(), sin.contiguous(), positions, keys, values,
-                                            out, keys.shape[2], scale, *keys.stride()[:3], *values.stride()[:3],
-                                            GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), D=head_dim,
-                                            BLOCK_N=block_n, DOT_FP32=keys.dtype == torch.float32 or INTERPRETED,
-                                            num_warps=warps, num_stages=stages, **flags,
-                                            **dependent_launch(keys.device))
+    context = keys.shape[2]
+    chunk = triton.cdiv(triton.cdiv(context, attend_splits(rows, context)), block_n) * block_n
+    splits = triton.cdiv(context, chunk)
+    parts = stats = None
+    if splits > 1:
+        parts = torch.empty(splits, rows, heads, head_dim, dtype=torch.float32, device=keys.device)
+        stats = torch.empty(splits, rows, heads, 2, dtype=torch.float32, device=keys.device)
+    _rotary_attend_kernel[(rows, kv_heads, splits)](
+        *arguments, cos.contiguous(), sin.contiguous(), positions, keys, values, out, parts, stats, context, chunk,
+        scale, *keys.stride()[:3], *values.stride()[:3], GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
+        D=head_dim, BLOCK_N=block_n, CONTEXT_SPLIT=splits > 1, DOT_FP32=keys.dtype == torch.float32 or INTERPRETED,
+        num_warps=warps, num_stages=stages, **flags, **dependent_launch(keys.device))
+    if splits > 1:
+        _attend_combine_kernel[(rows * heads,)](parts, stats, out, rows * heads, splits, D=head_dim,
+                                                BLOCK_S=triton.next_power_of_2(splits), **dependent_launch(keys.device))
     return out
 
 

@@ -1,12 +1,15 @@
 """The LM step's attention on the GPU: engine.triton_kernels.rotary_attend (the qkv product's split sums finished,
 q and k rotated, k and v written into the cache, one new token per row attending over its live positions) per
-call, by the number of live positions and launch, to set engine.triton_kernels.attend_launch.
+call, by the number of live positions and launch, to set engine.triton_kernels.attend_launch and
+ATTEND_SPLIT_POSITIONS.
 
     python perf/tune_attention.py [--size 1.5B 7B] [--rows 2 16] [--positions 1 64 256 1024]
 
 Microseconds per call: CUDA graph replays of one call per LM layer (each layer its own KV cache, as in a step),
 after the layer's qkv product (few_rows_linear with its RMSNorm, left as split sums, as the step runs it; not
-timed). Random bf16 values.
+timed). Random bf16 values; the caches' context is the engine's bucket for the live positions. As configured, with
+the context split every SPLIT_POSITIONS positions (with no limit on the splits), and unsplit at every launch of
+LAUNCHES.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import argparse
 import itertools
 
 import torch
+import triton
 from profile_frame import launch_timings, replay_ms
 
 from engine import triton_kernels
@@ -22,6 +26,8 @@ from engine import triton_kernels
 SIZES = {"1.5B": (1536, 28, 12, 2), "7B": (3584, 28, 28, 4)}
 LAUNCHES = [(n, warps, stages) for n, warps, stages in itertools.product((32, 64, 128, 256), (4, 8), (1, 2, 3, 4))]
 HEAD_DIM = 128
+SPLIT_POSITIONS = (128, 256, 512, 1024)  # ATTEND_SPLIT_POSITIONS tried, with the configured launch
+CONFIGURED = triton_kernels.ATTEND_SPLIT_POSITIONS, triton_kernels.ATTEND_MOST_SPLITS
 
 
 def main() -> None:
@@ -46,16 +52,28 @@ def main() -> None:
                    torch.randn(rows, kv_heads, context, HEAD_DIM, device="cuda", dtype=dt)) for _ in range(layers)]
         for positions in args.positions:
             where = torch.full((rows,), positions - 1, device="cuda")
+            context = max(256, triton.next_power_of_2(positions))  # the engine's context buckets
+            layer_caches = [(keys[:, :, :context], values[:, :, :context]) for keys, values in caches]
 
             def step(launch=None):
                 return [triton_kernels.rotary_attend(qkv, cos, sin, keys, values, None, where, heads, kv_heads,
-                                                     HEAD_DIM ** -0.5, launch=launch) for keys, values in caches]
+                                                     HEAD_DIM ** -0.5, launch=launch) for keys, values in layer_caches]
 
-            timings = launch_timings(step, LAUNCHES, layers)
             configured = replay_ms(step) * 1000 / layers
+            splits = {}
+            triton_kernels.ATTEND_MOST_SPLITS = 1 << 30  # every SPLIT_POSITIONS positions, however many
+            for split_positions in SPLIT_POSITIONS:
+                triton_kernels.ATTEND_SPLIT_POSITIONS = split_positions
+                splits[split_positions] = replay_ms(step) * 1000 / layers
+            triton_kernels.ATTEND_SPLIT_POSITIONS = 1 << 30  # the launches unsplit
+            timings = launch_timings(step, LAUNCHES, layers)
+            triton_kernels.ATTEND_SPLIT_POSITIONS, triton_kernels.ATTEND_MOST_SPLITS = CONFIGURED
             ranked = sorted(timings, key=timings.get)
-            print(f"{size} rows {rows}, {positions} positions: configured {triton_kernels.attend_launch(rows, dt)} "
-                  f"{configured:.1f} us; best " + ", ".join(f"{timings[launch]:.1f} {launch}" for launch in ranked[:4])
+            print(f"{size} rows {rows}, {positions} positions (context {context}): configured "
+                  f"{triton_kernels.attend_launch(rows, dt)}, {triton_kernels.attend_splits(rows, context)} splits: "
+                  f"{configured:.1f} us; "
+                  "split every " + ", ".join(f"{n}: {us:.1f}" for n, us in splits.items())
+                  + "; unsplit launches, best " + ", ".join(f"{timings[launch]:.1f} {launch}" for launch in ranked[:4])
                   + f"; worst {timings[ranked[-1]]:.1f} {ranked[-1]}", flush=True)
 
 

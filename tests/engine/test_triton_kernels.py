@@ -222,6 +222,26 @@ def test_rotary_attend_equals_the_torch_ops(kernels, dtype):
         torch.testing.assert_close(cache, expected_cache, rtol=0, atol=tolerance * float(expected_cache.abs().max()))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rotary_attend_splits_a_long_context_among_programs(kernels, dtype, monkeypatch):
+    """At few rows, a context split among programs (five of 32 positions here; the row at position 0 leaves four of
+    them empty) and their sums combined: the torch ops' attention and caches."""
+    monkeypatch.setattr(kernels, "ATTEND_SPLIT_POSITIONS", 32)
+    rows, heads, kv_heads, head_dim = 4, 12, 2, 32
+    assert kernels.attend_splits(rows, 160) == 5
+    cos, sin, caches, positions, mask = _attention_case(dtype)
+    qkv = torch.randn(rows, (heads + 2 * kv_heads) * head_dim, generator=torch.Generator().manual_seed(7)).to(dtype)
+    expected_caches = [cache.clone() for cache in caches]
+    mine = kernels.rotary_attend(qkv, cos, sin, *_layer_views(caches, rows), mask, positions, heads, kv_heads,
+                                 head_dim ** -0.5, launch=(32, 4, 2))
+    expected = network.rotary_attend(qkv, cos, sin, *_layer_views(expected_caches, rows), mask, positions, heads,
+                                     kv_heads, head_dim ** -0.5)
+    tolerance = {torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
+    torch.testing.assert_close(mine, expected, rtol=0, atol=tolerance * float(expected.abs().max()))
+    for cache, expected_cache in zip(caches, expected_caches):
+        torch.testing.assert_close(cache, expected_cache, rtol=0, atol=tolerance * float(expected_cache.abs().max()))
+
+
 @pytest.mark.parametrize("kind", ["bf16", "fp8"])
 def test_rotary_attend_finishes_split_sums_as_the_reduction_does(kernels, kind):
     """The qkv product left unreduced (its RMSNorm, bias and 8-bit scales still to apply) gives rotary_attend the
