@@ -357,6 +357,7 @@ class BatchEngine:
         """One frame for slots [0, n) on the device, in place: reads the slots' state, noise and options, writes
         the new state, `_tokens_out` and `_audio_out`. No host synchronisation, no data-dependent shapes."""
         rt, spec, glue = self.runtime, self.runtime.spec, self._glue
+        # the noise is picked here: the frame before may have used one that the host does not know of yet
         tokens, noise = glue.choose_tokens(self._logits[:n], self._exact[:n], self._speech_choice, self._token_ids,
                                            self._noises[:n], self._noises_used[:n])
         latents = rt.solve(noise, self._positive_hidden[:n], self._negative_hidden[:n], self._cfg[:n],

@@ -139,7 +139,7 @@ def main() -> None:
     parser.add_argument("--kernels", type=int, default=0, help="list each piece's N costliest kernels")
     parser.add_argument("--no-dependent-launch", action="store_true",
                         help="the Triton kernels without programmatic dependent launch")
-    parser.add_argument("--precision", choices=["bf16", "fp8", "int8"], default="bf16")
+    parser.add_argument("--precision", choices=[p for p in TORCH_PRECISIONS if p != "fp32"], default="bf16")
     args = parser.parse_args()
     checkpoint = random_checkpoint(args.size, device="cuda")
     held = TORCH_PRECISIONS[args.precision]
