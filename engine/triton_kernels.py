@@ -760,16 +760,21 @@ FEW_ROWS = 16  # tl.dot's least tile side: the rows are padded to it
 # while the programs do not fill the multiprocessors, down to 1024 inputs a split (the down products; small products
 # lose to the extra kernel); a narrow product after an RMSNorm is split until its programs outnumber the
 # multiprocessors and each split is at most 1024 wide (unsplit, the 1.5B's qkv took 13 us instead of 7, the 7B's
-# 31 instead of 14)
+# 31 instead of 14). Where the programs outnumber the multiprocessors without filling whole waves of them, the
+# outputs are spread evenly over whole waves (even_tile: the 1.5B gate-up's 140 tiles of 64 as 264 of 34, 18.1 ->
+# 17.5 us; the 7B fp8 gate-up's 148 of 128 as 264 of 72, 41.2 -> 40.1; its down's 224 of 128 as 264 of 109, 23.2 ->
+# 22.9)
 ACTIVATIONS = ("silu_glu", "gelu")
 FEW_ROWS_OUTPUTS, FEW_ROWS_INNER, FEW_ROWS_NARROW_INNER, FEW_ROWS_WARPS = 64, 128, 64, 4
 FEW_ROWS_STAGES, FEW_ROWS_WIDE_GLU_STAGES = 5, 3
 FEW_ROWS_SPLIT_INNER = 1024
 # 8-bit weights (the same tool, --weights fp8 int8): fp8 products take 128 outputs by one activation group per step
-# on 8 warps (4 stages); int8 ones 32 by 256 on 4 warps. Their gate-up products split while the doubled programs
-# still fit on the multiprocessors, the others up to 8 splits of at least EIGHT_BIT_SPLIT_INNER inputs each.
+# on 8 warps (4 stages; 3 for a gate-up product with more tiles than multiprocessors, whose programs then fit two to
+# one: the 7B's 55.7 -> 41.2 us); int8 ones 32 by 256 on 4 warps. Their gate-up products split while the doubled
+# programs still fit on the multiprocessors, the others up to 8 splits of at least EIGHT_BIT_SPLIT_INNER inputs each.
 # int8 gate-up products stay with scaled_linear, which runs them faster (the 7B's 48 against 63 us at two rows).
 EIGHT_BIT_LAUNCH = {torch.float8_e4m3fn: (128, 128, 8, 4), torch.int8: (32, 256, 4, 4)}
+EIGHT_BIT_WIDE_GLU_STAGES = 3
 EIGHT_BIT_SPLIT_INNER, EIGHT_BIT_SPLITS = 384, 8
 ACTIVATION_GROUP = quantize.ACTIVATION_GROUP
 E4M3_MAX = tl.constexpr(quantize.E4M3_MAX)
@@ -787,13 +792,14 @@ def _rounded_output(acc, n, outputs, bias_ptr, HAS_BIAS: tl.constexpr, dtype):
 
 
 @triton.jit
-def _few_rows_store(acc, up, n, m, M, N, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr, HAS_BIAS: tl.constexpr,
-                    GLU: tl.constexpr, GELU: tl.constexpr, HAS_RESIDUAL: tl.constexpr, LAYER_SCALE: tl.constexpr):
-    """Sums for outputs n of rows m ([BLOCK_N, ROWS] float32; `up`'s for outputs N + n with GLU) -> out[m, n]:
+def _few_rows_store(acc, up, n, outputs, m, M, N, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr,
+                    HAS_BIAS: tl.constexpr, GLU: tl.constexpr, GELU: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                    LAYER_SCALE: tl.constexpr):
+    """Sums for outputs n of rows m ([BLOCK_N, ROWS] float32; `up`'s for outputs N + n with GLU; `outputs` the
+    lanes that hold this program's) -> out[m, n]:
     the product, silu(gate) * up with GLU or its exact GELU, plus the residual (times the layer scale first), each
     rounded to out's dtype as the torch ops do."""
     dtype = out_ptr.dtype.element_ty
-    outputs = n < N
     out = _rounded_output(acc, n[:, None], outputs[:, None], bias_ptr, HAS_BIAS, dtype)
     if GLU:
         up = _rounded_output(up, (n + N)[:, None], outputs[:, None], bias_ptr, HAS_BIAS, dtype)
@@ -812,20 +818,22 @@ def _few_rows_store(acc, up, n, m, M, N, bias_ptr, residual_ptr, layer_scale_ptr
 
 @triton.jit
 def _few_rows_linear_kernel(x_ptr, norm_ptr, w_ptr, scale_ptr, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr,
-                            partial_ptr, squares_ptr, M, N, K, eps, split_inner, NORM: tl.constexpr,
+                            partial_ptr, squares_ptr, M, N, K, eps, split_inner, tile_n, NORM: tl.constexpr,
                             GLU: tl.constexpr, GELU: tl.constexpr, SCALED: tl.constexpr, HAS_BIAS: tl.constexpr,
                             HAS_RESIDUAL: tl.constexpr, LAYER_SCALE: tl.constexpr, SPLIT: tl.constexpr,
                             OPERAND: tl.constexpr, FP8: tl.constexpr, ROWS: tl.constexpr,
                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     """Outputs n (and N + n with GLU) of rows m over the inner range of split program_id(1): the weight tile is the
-    product's wide side, so each program streams [BLOCK_N, BLOCK_K] weight tiles against x's few rows. The
+    product's wide side, so each program streams [tile_n, BLOCK_K] weight tiles against x's few rows (tile_n <=
+    BLOCK_N outputs: any width, so that the outputs spread evenly over the programs; lanes past it idle). The
     RMSNorm's per-row factor is taken out of the product: (x * norm weight) @ W, times the inverse root mean square
     of x, whose squares are summed over the same tiles (no pass over x before the weights). Operands are converted
     to OPERAND; FP8: x's tile (one activation group per row) is quantized to fp8 first."""
     after_previous_kernel(PDL)
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    lane = tl.arange(0, BLOCK_N)
+    n = tl.program_id(0) * tile_n + lane
     m = tl.arange(0, ROWS)
-    outputs, rows = n < N, m < M
+    outputs, rows = (lane < tile_n) & (n < N), m < M
     dtype = x_ptr.dtype.element_ty
     squares = tl.zeros((ROWS,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_N, ROWS), dtype=tl.float32)
@@ -859,8 +867,8 @@ def _few_rows_linear_kernel(x_ptr, norm_ptr, w_ptr, scale_ptr, bias_ptr, residua
             tl.store(squares_ptr + tl.program_id(1) * ROWS + m, squares)
     else:
         acc, up = _scaled_sums(acc, up, squares, n, N, K, eps, scale_ptr, NORM, GLU, SCALED)
-        _few_rows_store(acc, up, n, m, M, N, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr, HAS_BIAS, GLU,
-                        GELU, HAS_RESIDUAL, LAYER_SCALE)
+        _few_rows_store(acc, up, n, outputs, m, M, N, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr, HAS_BIAS,
+                        GLU, GELU, HAS_RESIDUAL, LAYER_SCALE)
 
 
 @triton.jit
@@ -953,7 +961,7 @@ def _few_rows_reduce_kernel(partial_ptr, squares_ptr, scale_ptr, bias_ptr, resid
         up, _ = _split_sums(partial_ptr, squares_ptr, (N + n)[:, None], m[None, :], outputs, width, SPLITS, ROWS,
                             False)
         up = _scaled(up, squares, K, eps, (N + n)[:, None], outputs, scale_ptr, NORM, SCALED)
-    _few_rows_store(acc, up, n, m, M, N, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr, HAS_BIAS, GLU,
+    _few_rows_store(acc, up, n, n < N, m, M, N, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr, HAS_BIAS, GLU,
                     GELU, HAS_RESIDUAL, LAYER_SCALE)
 
 
@@ -1006,9 +1014,9 @@ def few_rows_linear(x, weight, bias=None, scale=None, *, norm=None, activation=N
     (engine.quantize.linear_params), bias [N']; `norm` (weight [K], eps): x's RMSNorm first;
     `activation` "silu_glu": the weight is gate and up stacked (N' = 2N) and the result silu(gate) * up [R, N],
     "gelu": the exact GELU; `residual` [R, N] added, after the product is multiplied by `layer_scale` [N] if given.
-    Rounded where engine.network.linear_block's torch ops round. `launch` (outputs per program, inner step, splits,
-    warps, stages) overrides few_rows_launch's. Not `reduce` (a product with neither activation nor residual):
-    its SplitSums, one kernel, for a kernel that takes them."""
+    Rounded where engine.network.linear_block's torch ops round. `launch` (outputs per program: any width, inner
+    step, splits, warps, stages) overrides few_rows_launch's. Not `reduce` (a product with neither activation nor
+    residual): its SplitSums, one kernel, for a kernel that takes them."""
     rows, inner = x.shape
     if rows > FEW_ROWS:
         raise ValueError(f"few_rows_linear takes at most {FEW_ROWS} rows, got {rows}")
@@ -1039,8 +1047,9 @@ def few_rows_linear(x, weight, bias=None, scale=None, *, norm=None, activation=N
     launch_options = dependent_launch(x.device)
     _few_rows_linear_kernel[(triton.cdiv(outputs, block_n), splits)](
         x, norm_weight, weight, scale, bias, residual, layer_scale, out, partial, squares, rows, outputs, inner, eps,
-        split_inner, SPLIT=split, OPERAND=_operand(x.dtype, weight.dtype), FP8=fp8,
-        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages, **flags, **launch_options)
+        split_inner, block_n, SPLIT=split, OPERAND=_operand(x.dtype, weight.dtype), FP8=fp8,
+        BLOCK_N=max(16, triton.next_power_of_2(block_n)), BLOCK_K=block_k, num_warps=warps, num_stages=stages,
+        **flags, **launch_options)
     if not reduce:
         return SplitSums(partial, squares, scale, bias, inner, eps)
     if split:
@@ -1072,18 +1081,21 @@ def _operand(x_dtype: torch.dtype, weight_dtype: torch.dtype):
 def few_rows_launch(weight: torch.Tensor, glu: bool, norm: bool) -> tuple[int, int, int, int, int]:
     """few_rows_linear's launch for this weight (FEW_ROWS_* and EIGHT_BIT_* above)."""
     processors = _processors(weight.device)
+    outputs = weight.shape[0] // 2 if glu else weight.shape[0]
     if weight.dtype in EIGHT_BIT_LAUNCH:
         block_n, block_k, warps, stages = EIGHT_BIT_LAUNCH[weight.dtype]
-        tiles = triton.cdiv(weight.shape[0] // 2 if glu else weight.shape[0], block_n)
+        tiles = triton.cdiv(outputs, block_n)
         splits = 1
         if glu:
             while 2 * splits * tiles <= processors:
                 splits *= 2
+            block_n = even_tile(outputs, block_n, splits, processors)
+            stages = EIGHT_BIT_WIDE_GLU_STAGES if tiles > processors else stages
         else:
             while 2 * splits <= EIGHT_BIT_SPLITS and weight.shape[1] >= 2 * splits * EIGHT_BIT_SPLIT_INNER:
                 splits *= 2
         return block_n, block_k, splits, warps, stages
-    tiles = triton.cdiv(weight.shape[0] // 2 if glu else weight.shape[0], FEW_ROWS_OUTPUTS)
+    tiles = triton.cdiv(outputs, FEW_ROWS_OUTPUTS)
     splits = 1
     if norm and tiles <= processors:
         while splits * tiles <= processors or weight.shape[1] > splits * FEW_ROWS_SPLIT_INNER:
@@ -1092,8 +1104,18 @@ def few_rows_launch(weight: torch.Tensor, glu: bool, norm: bool) -> tuple[int, i
         while 2 * splits * tiles <= processors and 2 * splits * FEW_ROWS_SPLIT_INNER <= weight.shape[1]:
             splits *= 2
     stages = FEW_ROWS_WIDE_GLU_STAGES if glu and tiles > 2 * processors else FEW_ROWS_STAGES
-    return (FEW_ROWS_OUTPUTS, FEW_ROWS_NARROW_INNER if glu or norm else FEW_ROWS_INNER, splits, FEW_ROWS_WARPS,
-            stages)
+    block_n = even_tile(outputs, FEW_ROWS_OUTPUTS, splits, processors) if glu else FEW_ROWS_OUTPUTS
+    return block_n, FEW_ROWS_NARROW_INNER if glu or norm else FEW_ROWS_INNER, splits, FEW_ROWS_WARPS, stages
+
+
+def even_tile(outputs: int, block_n: int, splits: int, processors: int) -> int:
+    """Outputs per program: block_n, or, where the programs (tiles x splits) outnumber the multiprocessors without
+    filling whole waves of them, as few as spread the outputs evenly over whole waves (a last wave partly filled
+    would leave most multiprocessors idle while it runs)."""
+    programs = triton.cdiv(outputs, block_n) * splits
+    if programs <= processors or programs % processors == 0:
+        return block_n
+    return triton.cdiv(outputs, triton.cdiv(programs, processors) * processors // splits)
 
 
 def few_rows_suits(weight: torch.Tensor, activation: str | None) -> bool:

@@ -3,7 +3,7 @@
 or addcmul).
 
     python perf/tune_few_rows_linear.py [--size 1.5B 7B] [--rows 2 16] [--only qkv tokenizer] [--weights bf16 fp8 int8]
-        [--warps 4 8] [--stages 3 4 5] [--splits 1 2 4 8] [--deep]
+        [--warps 4 8] [--stages 3 4 5] [--splits 1 2 4 8] [--deep] [--tiles 64:64 34:64]
 
 For each product of a frame's LM step, diffusion solve and widest tokenizer blocks at the released sizes, with what
 surrounds it there, and each row count (2 = one stream's positive and negative rows): microseconds per product (CUDA
@@ -60,12 +60,15 @@ def main() -> None:
     parser.add_argument("--stages", type=int, nargs="+", default=[3, 4, 5])
     parser.add_argument("--splits", type=int, nargs="+", default=[1, 2, 4, 8], help="splits of the inner width")
     parser.add_argument("--deep", action="store_true", help="also narrow tiles with long inner steps")
+    parser.add_argument("--tiles", nargs="+", metavar="OUTPUTS:STEP",
+                        help="the tiles to try (outputs per program, any width, : inner step) instead of the defaults")
     args = parser.parse_args()
     for size, kind, rows in itertools.product(args.size, args.weights, args.rows):
         eight_bit = kind != "bf16"
+        tiles = ([tuple(int(part) for part in tile.split(":")) for tile in args.tiles] if args.tiles else
+                 TILES_8BIT.get(kind, TILES + (NARROW_DEEP_TILES if args.deep else [])))
         launches = [(n, k, splits, warps, stages) for (n, k), splits, warps, stages in itertools.product(
-            TILES_8BIT.get(kind, TILES + (NARROW_DEEP_TILES if args.deep else [])), args.splits, args.warps,
-            args.stages)]
+            tiles, args.splits, args.warps, args.stages)]
         for name, (out, inner, options) in products(size).items():
             if args.only and not any(part in name for part in args.only):
                 continue

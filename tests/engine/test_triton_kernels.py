@@ -332,6 +332,10 @@ FEW_ROWS_CASES = [  # (rows, dtype, norm, activation, bias, residual, layer scal
     (2, "int8", False, None, False, True, False, (16, 64, 3, 4, 2)),
     (7, "int8", True, "silu_glu", False, False, False, None),
     (1, "fp8", False, "gelu", True, True, True, None),
+    # tiles of any width, lanes past them idle (outputs spread evenly over the programs)
+    (2, "bf16", True, "silu_glu", False, False, False, (12, 64, 1, 4, 2)),
+    (3, "bf16", False, None, True, True, False, (24, 64, 3, 4, 2)),
+    (2, "fp8", True, "silu_glu", False, False, False, (18, 128, 2, 4, 2)),
 ]
 
 
@@ -386,9 +390,9 @@ def test_few_rows_linear_refuses_many_rows_unknown_activations_and_fp8_steps_but
     (2048, 1536, False, True, (64, 64, 8, 4, 5)),  # 1.5B qkv: after a norm, more programs than processors
     (1536, 8960, False, False, (64, 128, 4, 4, 5)),  # 1.5B down: split while the programs do not fill them
     (1536, 1536, False, False, (64, 128, 1, 4, 5)),  # 1.5B o: too narrow to split
-    (37888, 3584, True, True, (64, 64, 1, 4, 3)),  # 7B gate-up: many tiles, fewer stages
+    (37888, 3584, True, True, (48, 64, 1, 4, 3)),  # 7B gate-up: many tiles, fewer stages, spread over 3 waves
     (4608, 3584, False, True, (64, 64, 4, 4, 5)),  # 7B qkv: and splits at most 1024 wide
-    (17920, 1536, True, True, (64, 64, 1, 4, 5)),  # 1.5B gate-up: enough tiles unsplit
+    (17920, 1536, True, True, (34, 64, 1, 4, 5)),  # 1.5B gate-up: 140 tiles of 64 spread evenly over 2 x 132
 ])
 def test_few_rows_launch_follows_the_measured_rule(kernels, monkeypatch, outputs, inner, glu, norm, launch):
     monkeypatch.setattr(kernels, "_processors", lambda device: 132)  # an H200's
@@ -400,6 +404,7 @@ def test_few_rows_launch_follows_the_measured_rule(kernels, monkeypatch, outputs
     (torch.float8_e4m3fn, 3584, 18944, False, (128, 128, 8, 8, 4)),  # 7B down: at most 8 splits
     (torch.float8_e4m3fn, 9216, 1536, True, (128, 128, 2, 8, 4)),  # 1.5B head gate-up: 72 programs fit twice
     (torch.float8_e4m3fn, 17920, 1536, True, (128, 128, 1, 8, 4)),  # 1.5B gate-up: 70 tiles, unsplit
+    (torch.float8_e4m3fn, 37888, 3584, True, (72, 128, 1, 8, 3)),  # 7B gate-up: 148 tiles, two a multiprocessor
     (torch.int8, 1536, 8960, False, (32, 256, 8, 4, 4)),
 ])
 def test_eight_bit_few_row_launches_follow_the_measured_rule(kernels, monkeypatch, dtype, outputs, inner, glu,
