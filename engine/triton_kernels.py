@@ -760,10 +760,10 @@ FEW_ROWS = 16  # tl.dot's least tile side: the rows are padded to it
 # while the programs do not fill the multiprocessors, down to 1024 inputs a split (the down products; small products
 # lose to the extra kernel); a narrow product after an RMSNorm is split until its programs outnumber the
 # multiprocessors and each split is at most 1024 wide (unsplit, the 1.5B's qkv took 13 us instead of 7, the 7B's
-# 31 instead of 14). Where the programs outnumber the multiprocessors without filling whole waves of them, the
-# outputs are spread evenly over whole waves (even_tile: the 1.5B gate-up's 140 tiles of 64 as 264 of 34, 18.1 ->
-# 17.5 us; the 7B fp8 gate-up's 148 of 128 as 264 of 72, 41.2 -> 40.1; its down's 224 of 128 as 264 of 109, 23.2 ->
-# 22.9)
+# 31 instead of 14). Where a gate-up product's programs outnumber the multiprocessors without filling whole waves
+# of them, its outputs are spread evenly over whole waves (even_tile: the 1.5B's 140 tiles of 64 as 264 of 34, 18.1
+# -> 17.5 us; the 7B fp8's 148 of 128 as 264 of 72, 41.2 -> 40.1; the 7B bf16's 296 of 64 as 395 of 48, 71.0 ->
+# 68.0). Not the others: the 7B fp8 qkv's 288 programs spread so took 12.8 us instead of 10.1
 ACTIVATIONS = ("silu_glu", "gelu")
 FEW_ROWS_OUTPUTS, FEW_ROWS_INNER, FEW_ROWS_NARROW_INNER, FEW_ROWS_WARPS = 64, 128, 64, 4
 FEW_ROWS_STAGES, FEW_ROWS_WIDE_GLU_STAGES = 5, 3
