@@ -82,12 +82,21 @@ class CachedLanguageModelStep(nn.Module):
     (`linear_block`: few_rows_linear), the qkv product's split sums finished by rotary_attend.
     With `compile`, each decoder layer runs as one torch.compile'd function of its weights (compiled once, shared
     by every layer, dynamic shapes), on torch ops.
+    With `megakernel` (bf16 weights on a Hopper GPU with CuPy: engine.megakernel), steps of one or two streams' rows
+    run as one persistent kernel instead; `megakernel_status` says whether it serves and, if not, why.
     """
 
-    def __init__(self, step: LanguageModelStep, compile: bool = False, triton: bool | None = None):
+    def __init__(self, step: LanguageModelStep, compile: bool = False, triton: bool | None = None,
+                 megakernel: bool = False):
         super().__init__()
         self.step, self.triton = step, triton
         self.layer_weights = [_layer_weights(layer) for layer in step.lm.layers]
+        self.megakernel, self.megakernel_status = None, "not asked for"
+        if megakernel and not compile:
+            from engine.megakernel import LanguageModelMegakernel
+            self.megakernel_status = LanguageModelMegakernel.suits(step, self.layer_weights)
+            if self.megakernel_status is None:
+                self.megakernel, self.megakernel_status = LanguageModelMegakernel(step, self.layer_weights), "on"
         half = step.head_dim // 2
         # rotate_half(x) * sin == roll(x, half) * (sign * sin): the sign is folded into the table once per step
         sign = torch.cat([-torch.ones(half), torch.ones(half)]).to(step.token_weight)  # the model's device and dtype
@@ -97,6 +106,8 @@ class CachedLanguageModelStep(nn.Module):
 
     def forward(self, embeds, positions, keys, values, context: int):
         step, rows = self.step, embeds.shape[0]
+        if self.megakernel is not None and self.megakernel.runs(rows):
+            return self.megakernel(embeds, positions, keys, values, context)
         ops = (None if self.compiled else kernels_for(embeds, self.triton)) or sys.modules[__name__]
         cos, sin = step.lm.rotary_emb(embeds[:, None], positions[:, None])  # [R, 1, head_dim]
         cos, sin = cos[:, 0], (sin * self.rotation_sign)[:, 0]

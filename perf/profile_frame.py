@@ -130,6 +130,34 @@ def tokenizer_errors(rt: TorchRuntime, inner, n: int, chunks: int = 3) -> str:
     return ", ".join(results)
 
 
+@torch.no_grad()
+def megakernel_comparison(rt: TorchRuntime, embeds, keys, values, context: int) -> str:
+    """The LM step as engine.megakernel's persistent kernel against the step's other kernels on the same inputs
+    (rows at different positions): the largest differences of the outputs and of the caches they write, relative to
+    the largest value, whether the kernel's graph replays equal its eager runs, and both replays' times."""
+    step = rt.cached_lm_step
+    kernel, rows = step.megakernel, embeds.shape[0]
+    if kernel is None or not kernel.runs(rows):
+        return f"megakernel not used ({step.megakernel_status})"
+    positions = torch.tensor([context * 3 // 4 if row % 2 == 0 else 7 for row in range(rows)], device="cuda")
+    mine, theirs = (keys.clone(), values.clone()), (keys.clone(), values.clone())
+    ours = [*kernel(embeds, positions, *mine, context), *mine]
+    step.megakernel = None
+    try:
+        reference = [*step(embeds, positions, *theirs, context), *theirs]
+        kernels_ms = replay_ms(lambda: step(embeds, positions, keys, values, context))
+    finally:
+        step.megakernel = kernel
+    errors = [float((a.float() - b.float()).abs().max() / b.float().abs().max()) for a, b in zip(ours, reference)]
+    replayed = graph_outputs(lambda: kernel(embeds, positions, *mine, context))
+    eager = kernel(embeds, positions, *mine, context)
+    same = all(torch.equal(a, b) for a, b in zip(replayed, eager))
+    mega_ms = replay_ms(lambda: kernel(embeds, positions, keys, values, context))
+    return (f"megakernel {mega_ms:.3f} ms against the kernels' {kernels_ms:.3f}; relative differences hidden "
+            f"{errors[0]:.1e}, logits {errors[1]:.1e}, keys {errors[2]:.1e}, values {errors[3]:.1e}; "
+            f"replays equal eager: {same}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="1.5B")
@@ -140,10 +168,13 @@ def main() -> None:
     parser.add_argument("--no-dependent-launch", action="store_true",
                         help="the Triton kernels without programmatic dependent launch")
     parser.add_argument("--precision", choices=[p for p in TORCH_PRECISIONS if p != "fp32"], default="bf16")
+    parser.add_argument("--no-megakernel", action="store_true", help="the LM step as separate kernels only")
+    parser.add_argument("--only", nargs="+", help="profile only these pieces (names' first words: lm, diffusion, ...)")
     args = parser.parse_args()
     checkpoint = random_checkpoint(args.size, device="cuda")
     held = TORCH_PRECISIONS[args.precision]
-    rt = TorchRuntime(checkpoint, "cuda", held.dtype, compile=args.compile, quantized=held.quantized)
+    rt = TorchRuntime(checkpoint, "cuda", held.dtype, compile=args.compile, quantized=held.quantized,
+                      megakernel=not args.no_megakernel)
     spec, dt = rt.spec, held.dtype
     print(f"{args.size}, {args.precision}{', compiled' if args.compile else ''}, context {args.context}: "
           "ms per replay")
@@ -170,6 +201,9 @@ def main() -> None:
             "connectors + embed": lambda: rt.acoustic_connector(noise) + rt.semantic_connector(
                 torch.zeros(n, spec.semantic_dim, dtype=dt, device="cuda")),
         }
+        if args.only:
+            parts = {name: fn for name, fn in parts.items() if name.split()[0] in args.only}
+        print(f"slots {n}: lm step: {megakernel_comparison(rt, embeds, keys, values, args.context)}")
         print(f"slots {n}: tokenizer steps against transformers' modules, relative error: "
               f"{tokenizer_errors(rt, checkpoint.model.model, n)}")
         if not args.no_dependent_launch:

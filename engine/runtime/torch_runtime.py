@@ -15,7 +15,8 @@ class TorchRuntime(Runtime):
     name = "torch"
 
     def __init__(self, checkpoint: Checkpoint, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 voice_encoder_only: bool = False, compile: bool = False, quantized: str | None = None):
+                 voice_encoder_only: bool = False, compile: bool = False, quantized: str | None = None,
+                 megakernel: bool = True):
         """`voice_encoder_only` moves just the acoustic encoder to `device`; only `encode_voice` may be called.
         `compile` runs the frame's pieces (LM layers, diffusion solve, streaming decoder and semantic encoder)
         through torch.compile, with dynamic shapes so that one compilation serves every batch size.
@@ -23,7 +24,9 @@ class TorchRuntime(Runtime):
         FFN weights in 8 bits (engine/quantize.py; fp8 quantizes the activations too, int8 is weight-only): the
         products a frame streams most bytes of.
         Embeddings, the scored lm_head rows, the head's modulation and projections and the convolutional tokenizers
-        stay in `dtype`. The checkpoint's model is converted in place."""
+        stay in `dtype`. The checkpoint's model is converted in place.
+        `megakernel`: the LM step of one or two streams as one persistent kernel where it runs (bf16 on Hopper with
+        CuPy: engine.megakernel); `describe` says whether it does."""
         self.device = torch.device(device)
         self.dtype = dtype
         self.quantized = None if voice_encoder_only else quantized
@@ -44,7 +47,7 @@ class TorchRuntime(Runtime):
             torch.backends.cudnn.benchmark = True  # the streaming convolutions' shapes are fixed: pick per shape
         self._embed = inner.language_model.embed_tokens
         self._lm = LanguageModelStep(inner.language_model, model.lm_head, list(self.spec.token_ids))
-        self._lm_cached = CachedLanguageModelStep(self._lm, compile=compile)
+        self._lm_cached = CachedLanguageModelStep(self._lm, compile=compile, megakernel=megakernel)
         self._head = DiffusionHeadStep(inner.diffusion_head)
         self._solver = DiffusionSolver(inner.diffusion_head)
         self._acoustic_connector = ConnectorStep(inner.multi_modal_projector)
@@ -61,7 +64,14 @@ class TorchRuntime(Runtime):
         if self.quantized:
             how = "Triton kernels" if self.device.type == "cuda" else "float32 products"
             held += f", {self.quantized} LM and diffusion-head FFN weights ({how})"
+        if self._lm_cached.megakernel is not None:
+            held += ", LM step of 1-2 streams as one persistent kernel"
         return f"{self.name} on {self.device} ({held})"
+
+    @property
+    def cached_lm_step(self) -> CachedLanguageModelStep:
+        """The module behind `lm_cached` (engine.network), for measurements of its paths."""
+        return self._lm_cached
 
     @torch.no_grad()
     def embed(self, ids):
