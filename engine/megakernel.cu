@@ -25,7 +25,9 @@ typedef unsigned long long u64;
 #define WARPS 8                        // consumer warps; one more streams the weights
 #define THREADS ((WARPS + 1) * 32)
 #define CONSUMERS (WARPS * 32)
-#define SLOT_BYTES 4096                // one bulk copy, 8 warp steps of 256 bf16
+#ifndef SLOT_BYTES
+#define SLOT_BYTES 4096                // one bulk copy (engine/megakernel.py passes the size it laid out)
+#endif
 #define STEP 256                       // inputs per warp step
 #define HEAD_DIM 128
 #define ATT_SPAN (WARPS * 32)          // positions per attention item: 32 per consumer warp
@@ -315,7 +317,8 @@ __device__ __forceinline__ void load_rows(const Input& x, const bf16* src) {
 
 // One attention item: row m, kv head g, positions [span * ATT_SPAN, +ATT_SPAN) up to the row's own position.
 template <int M, int G>
-__device__ void attend_item(const Params& p, const Step& st, int layer, int m, int g, int span, int spans, float* scratch) {
+__device__ void attend_item(const Params& p, const Step& st, int layer, int m, int g, int span, int spans,
+                            float* scratch) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int qkv_width = (p.heads + 2 * p.kv_heads) * HEAD_DIM;
     const long long pos = st.positions[m];
@@ -570,6 +573,19 @@ lm_step(const Params* __restrict__ params, const bf16* embeds, const long long* 
         const u64* fields = p.layers + (size_t)layer * LAYER_FIELDS;
         const bf16* residual = layer == 0 ? st.embeds : p.hidden;
         int first, rows;
+        // the epilogue of a product added to a residual: hidden = `from` + the product, rounded once
+        auto added_to_hidden = [&](const bf16* from, Field scales) {
+            return [&, from, scales](int row, const float* sums) {
+                const int n = first + row;
+#pragma unroll
+                for (int m = 0; m < M; ++m)
+                    if (lane == m) {
+                        const size_t at = (size_t)m * p.H + n;
+                        const float product = finished<FP8>(sums[m], fields, scales, n, nullptr);
+                        p.hidden[at] = to_bf16(bf(__ldcg(from + at)) + product);
+                    }
+            };
+        };
 
         load_normed<M, FP8>(hidden_in, residual, reinterpret_cast<const bf16*>(fields[NORM1]), p.eps);
         rows = rows_of(QKV, first);
@@ -578,7 +594,8 @@ lm_step(const Params* __restrict__ params, const bf16* embeds, const long long* 
             const int n = first + row;
 #pragma unroll
             for (int m = 0; m < M; ++m)
-                if (lane == m) p.qkv[(size_t)m * qkv_width + n] = to_bf16(finished<FP8>(sums[m], fields, S_QKV, n, bias));
+                if (lane == m)
+                    p.qkv[(size_t)m * qkv_width + n] = to_bf16(finished<FP8>(sums[m], fields, S_QKV, n, bias));
         });
         grid_barrier(p.counters, ++barriers * programs);
 
@@ -592,15 +609,7 @@ lm_step(const Params* __restrict__ params, const bf16* embeds, const long long* 
 
         load_rows<M, FP8>(attn_in, p.attn);
         rows = rows_of(O, first);
-        stream_rows<M, FP8>(mine, attn_in, rows, lane, [&](int row, const float* sums) {
-            const int n = first + row;
-#pragma unroll
-            for (int m = 0; m < M; ++m)
-                if (lane == m) {
-                    const size_t at = (size_t)m * p.H + n;
-                    p.hidden[at] = to_bf16(bf(__ldcg(residual + at)) + finished<FP8>(sums[m], fields, S_O, n, nullptr));
-                }
-        });
+        stream_rows<M, FP8>(mine, attn_in, rows, lane, added_to_hidden(residual, S_O));
         grid_barrier(p.counters, ++barriers * programs);
 
         load_normed<M, FP8>(hidden_in, p.hidden, reinterpret_cast<const bf16*>(fields[NORM2]), p.eps);
@@ -609,7 +618,8 @@ lm_step(const Params* __restrict__ params, const bf16* embeds, const long long* 
         stream_rows<M, FP8>(mine, hidden_in, rows, lane, [&](int row, const float* sums) {
 #pragma unroll
             for (int m = 0; m < M; ++m)
-                if (lane == (row & 31)) gate[m] = rounded(finished<FP8>(sums[m], fields, S_GATE_UP, first + row, nullptr));
+                if (lane == (row & 31))
+                    gate[m] = rounded(finished<FP8>(sums[m], fields, S_GATE_UP, first + row, nullptr));
         });
         stream_rows<M, FP8>(mine, hidden_in, rows, lane, [&](int row, const float* sums) {
             const int n = first + row;
@@ -625,15 +635,7 @@ lm_step(const Params* __restrict__ params, const bf16* embeds, const long long* 
 
         load_rows<M, FP8>(act_in, p.act);
         rows = rows_of(DOWN, first);
-        stream_rows<M, FP8>(mine, act_in, rows, lane, [&](int row, const float* sums) {
-            const int n = first + row;
-#pragma unroll
-            for (int m = 0; m < M; ++m)
-                if (lane == m) {
-                    const size_t at = (size_t)m * p.H + n;
-                    p.hidden[at] = to_bf16(bf(__ldcg(p.hidden + at)) + finished<FP8>(sums[m], fields, S_DOWN, n, nullptr));
-                }
-        });
+        stream_rows<M, FP8>(mine, act_in, rows, lane, added_to_hidden(p.hidden, S_DOWN));
         grid_barrier(p.counters, ++barriers * programs);
     }
 

@@ -9,6 +9,10 @@ same function, rounded the same way, summed in another order.
 
 It needs CuPy (NVRTC compiles the source at first use) and bf16 or fp8 weights (engine.quantize: fp8 activations
 too) in a bf16 model; one instance serves one caller at a time (its work buffers are its own).
+
+Status (perf/RESULTS.md, 2026-12-07): it computes the step (against the Triton kernels: 3e-2 relative on the 1.5B's
+hidden states, the cache writes 1.3e-2; graph replays equal eager runs) but streams only ~1.2 TB/s on an H100, so
+it is slower than the separate kernels (1.5B: 2.13 against 1.46 ms) and not the runtime's default.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ SOURCE = Path(__file__).with_suffix(".cu")
 ROWS = (2, 4)               # instantiated row counts: one and two streams' positive and negative rows
 WARPS = 8                   # the .cu file's constants
 THREADS = (WARPS + 1) * 32
-SLOT_BYTES = 4096
+SLOT_BYTES = 4096           # one bulk copy of weights: the default ring slot
 STEP = 256
 HEAD_DIM = 128
 ATT_SPAN = WARPS * 32
@@ -55,8 +59,8 @@ def warp_ranges(outputs: int, warps: int) -> np.ndarray:
     return np.stack([bounds[:-1], bounds[1:]], axis=1).astype(np.int32)
 
 
-def shared_layout(rows: int, hidden: int, intermediate: int, heads: int, kv_heads: int,
-                  limit: int) -> tuple[int, int, int, int, int]:
+def shared_layout(rows: int, hidden: int, intermediate: int, heads: int, kv_heads: int, limit: int,
+                  slot_bytes: int = SLOT_BYTES) -> tuple[int, int, int, int, int]:
     """(ring slots per warp, the offsets of x's values, of x's fp8 scales and of the mbarriers, bytes in all) of the
     kernel's shared memory within `limit` bytes: x holds the widest phase input [rows, K] in bf16 (or the
     attention's scratch, whichever is larger) and a float32 scale per ACTIVATION_GROUP of them, the ring the rest."""
@@ -65,9 +69,9 @@ def shared_layout(rows: int, hidden: int, intermediate: int, heads: int, kv_head
     scratch = ((group + 2) * HEAD_DIM + WARPS * group * (HEAD_DIM + 2)) * 4
     values = -(-max(rows * widest * 2, scratch) // 128) * 128
     scales = -(-rows * (widest // ACTIVATION_GROUP) * 4 // 128) * 128
-    per_slot = WARPS * (SLOT_BYTES + 2 * BARRIER_BYTES)
+    per_slot = WARPS * (slot_bytes + 2 * BARRIER_BYTES)
     slots = (limit - values - scales) // per_slot
-    x_offset = WARPS * slots * SLOT_BYTES
+    x_offset = WARPS * slots * slot_bytes
     barrier_offset = x_offset + values + scales
     return slots, x_offset, x_offset + values, barrier_offset, barrier_offset + WARPS * slots * 2 * BARRIER_BYTES
 
@@ -84,14 +88,15 @@ def _cupy():
 
 
 @functools.cache
-def _kernel(rows: int, group: int, fp8: bool, device_index: int, shared_limit: int):
-    """The kernel for `rows` rows, `group` query heads per kv head and bf16 or fp8 weights, compiled for the device
-    (sm_90a), allowed `shared_limit` bytes of shared memory with its static ones (set here, once: not while a CUDA
-    graph is being captured)."""
+def _kernel(rows: int, group: int, fp8: bool, slot_bytes: int, device_index: int, shared_limit: int):
+    """The kernel for `rows` rows, `group` query heads per kv head, bf16 or fp8 weights and ring slots of
+    `slot_bytes`, compiled for the device (sm_90a), allowed `shared_limit` bytes of shared memory with its static
+    ones (set here, once: not while a CUDA graph is being captured)."""
     cupy = _cupy()
     name = f"lm_step<{rows}, {group}, {str(fp8).lower()}>"
     with cupy.cuda.Device(device_index):
-        module = cupy.RawModule(code=SOURCE.read_text(), options=("-std=c++17", "-arch=sm_90a"),
+        module = cupy.RawModule(code=SOURCE.read_text(),
+                                options=("-std=c++17", "-arch=sm_90a", f"-DSLOT_BYTES={slot_bytes}"),
                                 name_expressions=[name])
         kernel = module.get_function(name)
         kernel.max_dynamic_shared_size_bytes = shared_limit - kernel.attributes["shared_size_bytes"]
@@ -102,9 +107,13 @@ class LanguageModelMegakernel:
     """The LM step of CachedLanguageModelStep (embeds [R, H], positions [R], the KV caches, context -> hidden
     [R, H] after the final norm, logits [R, V']) as engine/megakernel.cu, for R in ROWS."""
 
-    def __init__(self, step, layer_weights: list[dict]):
-        """`step`: the LanguageModelStep whose modules hold the weights (on one CUDA device, bf16);
-        `layer_weights`: CachedLanguageModelStep's per-layer tensors (fused qkv and gate-up)."""
+    def __init__(self, step, layer_weights: list[dict], slot_bytes: int = SLOT_BYTES):
+        """`step`: the LanguageModelStep whose modules hold the weights (on one CUDA device); `layer_weights`:
+        CachedLanguageModelStep's per-layer tensors (fused qkv and gate-up); `slot_bytes`: each bulk copy of
+        weights (a multiple of 512)."""
+        if slot_bytes % 512:
+            raise ValueError(f"slot_bytes must be a multiple of 512 (a warp step of bf16), got {slot_bytes}")
+        self.slot_bytes = slot_bytes
         lm, device = step.lm, step.token_weight.device
         cfg = lm.config
         self.device = device
@@ -187,7 +196,7 @@ class LanguageModelMegakernel:
 
     def _layout(self, rows: int) -> tuple[int, int, int, int, int]:
         return shared_layout(rows, self.hidden_size, self.intermediate, self.heads, self.kv_heads,
-                             self._smem_limit - STATIC_SHARED)
+                             self._smem_limit - STATIC_SHARED, self.slot_bytes)
 
     def _params_for(self, rows: int) -> tuple[torch.Tensor, int]:
         if rows not in self._params:
@@ -201,7 +210,8 @@ class LanguageModelMegakernel:
     def __call__(self, embeds, positions, keys, values, context: int):
         rows = embeds.shape[0]
         params, shared = self._params_for(rows)
-        kernel = _kernel(rows, self.heads // self.kv_heads, self.fp8, self.device.index or 0, self._smem_limit)
+        kernel = _kernel(rows, self.heads // self.kv_heads, self.fp8, self.slot_bytes, self.device.index or 0,
+                         self._smem_limit)
         embeds, positions = embeds.contiguous(), positions.to(torch.int64).contiguous()
         if keys.stride(-1) != 1 or keys.stride(-2) != HEAD_DIM or keys.stride() != values.stride():
             raise ValueError("the KV caches must be [layers, rows, kv heads, positions, 128] with contiguous positions")

@@ -82,8 +82,9 @@ class CachedLanguageModelStep(nn.Module):
     (`linear_block`: few_rows_linear), the qkv product's split sums finished by rotary_attend.
     With `compile`, each decoder layer runs as one torch.compile'd function of its weights (compiled once, shared
     by every layer, dynamic shapes), on torch ops.
-    With `megakernel` (bf16 weights on a Hopper GPU with CuPy: engine.megakernel), steps of one or two streams' rows
-    run as one persistent kernel instead; `megakernel_status` says whether it serves and, if not, why.
+    With `megakernel` (bf16 or fp8 weights on a Hopper GPU with CuPy: engine.megakernel, so far slower than these
+    kernels), steps of one or two streams' rows run as one persistent kernel instead; `megakernel_status` says
+    whether it serves and, if not, why.
     """
 
     def __init__(self, step: LanguageModelStep, compile: bool = False, triton: bool | None = None,

@@ -138,7 +138,8 @@ def main() -> None:
                         help="implied by 8-bit precisions, which replace the model's linears in place")
     parser.add_argument("--precision", choices=[p for p in TORCH_PRECISIONS if p != "fp32"], default="bf16")
     parser.add_argument("--compile", action="store_true", help="also measure graphs over torch.compile'd pieces")
-    parser.add_argument("--no-megakernel", action="store_true", help="the LM step as separate kernels only")
+    parser.add_argument("--megakernel", action="store_true",
+                        help="the LM step of 1-2 streams as engine.megakernel's persistent kernel")
     parser.add_argument("--json")
     args = parser.parse_args()
     report: dict = {"size": args.size, "frames": args.frames, "precision": args.precision,
@@ -165,7 +166,7 @@ def main() -> None:
     del fp32
 
     runtime = TorchRuntime(checkpoint, "cuda", held.dtype, quantized=held.quantized,  # converts the model in place
-                           megakernel=not args.no_megakernel)
+                           megakernel=args.megakernel)
     if not (args.skip_transformers or held.quantized):
         audio, seconds = transformers_generate(checkpoint, request, voice)
         rows["transformers bf16"] = {**speed(seconds, args.frames), **quality(audio, reference)}

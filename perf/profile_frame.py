@@ -1,6 +1,7 @@
 """Where a captured frame's time goes: each piece of the frame captured as its own CUDA graph and replayed.
 
     python perf/profile_frame.py --size 1.5B --slots 1 64 [--kernels 12] [--no-dependent-launch] [--precision fp8]
+        [--only lm ...] [--megakernel [SLOT_BYTES ...]]
 
 Times are GPU times of graph replays (no launch overhead), bf16 unless asked, random weights, attended context
 512. With --kernels N, each piece also runs once eagerly under the profiler: its kernel count, the sum of its
@@ -17,6 +18,7 @@ import torch
 from engine import triton_kernels
 from engine.checkpoint import random_checkpoint
 from engine.config import HOP_SAMPLES
+from engine.megakernel import SLOT_BYTES, LanguageModelMegakernel
 from engine.network import StreamingConvStep
 from engine.runtime import TORCH_PRECISIONS
 from engine.runtime.torch_runtime import TorchRuntime
@@ -131,31 +133,29 @@ def tokenizer_errors(rt: TorchRuntime, inner, n: int, chunks: int = 3) -> str:
 
 
 @torch.no_grad()
-def megakernel_comparison(rt: TorchRuntime, embeds, keys, values, context: int) -> str:
-    """The LM step as engine.megakernel's persistent kernel against the step's other kernels on the same inputs
-    (rows at different positions): the largest differences of the outputs and of the caches they write, relative to
-    the largest value, whether the kernel's graph replays equal its eager runs, and both replays' times."""
-    step = rt.cached_lm_step
-    kernel, rows = step.megakernel, embeds.shape[0]
+def megakernel_comparison(rt: TorchRuntime, slot_bytes: int, embeds, keys, values, context: int) -> str:
+    """The LM step as engine.megakernel's persistent kernel (ring slots of `slot_bytes`) against the runtime's
+    step (its other kernels) on the same inputs, rows at different positions: the largest differences of the outputs
+    and of the caches they write, relative to the largest value, whether the kernel's graph replays equal its eager
+    runs, and both replays' times."""
+    step, rows = rt.cached_lm_step, embeds.shape[0]
+    why = LanguageModelMegakernel.suits(step.step, step.layer_weights)
+    kernel = None if why else LanguageModelMegakernel(step.step, step.layer_weights, slot_bytes)
     if kernel is None or not kernel.runs(rows):
-        return f"megakernel not used ({step.megakernel_status})"
+        return f"megakernel not run ({why or f'{rows} rows in {slot_bytes}-byte slots do not fit'})"
     positions = torch.tensor([context * 3 // 4 if row % 2 == 0 else 7 for row in range(rows)], device="cuda")
     mine, theirs = (keys.clone(), values.clone()), (keys.clone(), values.clone())
     ours = [*kernel(embeds, positions, *mine, context), *mine]
-    step.megakernel = None
-    try:
-        reference = [*step(embeds, positions, *theirs, context), *theirs]
-        kernels_ms = replay_ms(lambda: step(embeds, positions, keys, values, context))
-    finally:
-        step.megakernel = kernel
+    reference = [*step(embeds, positions, *theirs, context), *theirs]
     errors = [float((a.float() - b.float()).abs().max() / b.float().abs().max()) for a, b in zip(ours, reference)]
     replayed = graph_outputs(lambda: kernel(embeds, positions, *mine, context))
     eager = kernel(embeds, positions, *mine, context)
     same = all(torch.equal(a, b) for a, b in zip(replayed, eager))
     mega_ms = replay_ms(lambda: kernel(embeds, positions, keys, values, context))
-    return (f"megakernel {mega_ms:.3f} ms against the kernels' {kernels_ms:.3f}; relative differences hidden "
-            f"{errors[0]:.1e}, logits {errors[1]:.1e}, keys {errors[2]:.1e}, values {errors[3]:.1e}; "
-            f"replays equal eager: {same}")
+    kernels_ms = replay_ms(lambda: step(embeds, positions, keys, values, context))
+    return (f"megakernel ({slot_bytes}-byte copies) {mega_ms:.3f} ms against the kernels' {kernels_ms:.3f}; "
+            f"relative differences hidden {errors[0]:.1e}, logits {errors[1]:.1e}, keys {errors[2]:.1e}, values "
+            f"{errors[3]:.1e}; replays equal eager: {same}")
 
 
 def main() -> None:
@@ -168,13 +168,14 @@ def main() -> None:
     parser.add_argument("--no-dependent-launch", action="store_true",
                         help="the Triton kernels without programmatic dependent launch")
     parser.add_argument("--precision", choices=[p for p in TORCH_PRECISIONS if p != "fp32"], default="bf16")
-    parser.add_argument("--no-megakernel", action="store_true", help="the LM step as separate kernels only")
+    parser.add_argument("--megakernel", type=int, nargs="*", metavar="SLOT_BYTES",
+                        help="compare the LM step as engine.megakernel's kernel, with ring slots of these sizes "
+                             "(none given: the default), against its other kernels")
     parser.add_argument("--only", nargs="+", help="profile only these pieces (names' first words: lm, diffusion, ...)")
     args = parser.parse_args()
     checkpoint = random_checkpoint(args.size, device="cuda")
     held = TORCH_PRECISIONS[args.precision]
-    rt = TorchRuntime(checkpoint, "cuda", held.dtype, compile=args.compile, quantized=held.quantized,
-                      megakernel=not args.no_megakernel)
+    rt = TorchRuntime(checkpoint, "cuda", held.dtype, compile=args.compile, quantized=held.quantized)
     spec, dt = rt.spec, held.dtype
     print(f"{args.size}, {args.precision}{', compiled' if args.compile else ''}, context {args.context}: "
           "ms per replay")
@@ -203,7 +204,8 @@ def main() -> None:
         }
         if args.only:
             parts = {name: fn for name, fn in parts.items() if name.split()[0] in args.only}
-        print(f"slots {n}: lm step: {megakernel_comparison(rt, embeds, keys, values, args.context)}")
+        for slot_bytes in ([] if args.megakernel is None else args.megakernel or [SLOT_BYTES]):
+            print(f"slots {n}: lm step: {megakernel_comparison(rt, slot_bytes, embeds, keys, values, args.context)}")
         print(f"slots {n}: tokenizer steps against transformers' modules, relative error: "
               f"{tokenizer_errors(rt, checkpoint.model.model, n)}")
         if not args.no_dependent_launch:

@@ -16,7 +16,7 @@ class TorchRuntime(Runtime):
 
     def __init__(self, checkpoint: Checkpoint, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  voice_encoder_only: bool = False, compile: bool = False, quantized: str | None = None,
-                 megakernel: bool = True):
+                 megakernel: bool = False):
         """`voice_encoder_only` moves just the acoustic encoder to `device`; only `encode_voice` may be called.
         `compile` runs the frame's pieces (LM layers, diffusion solve, streaming decoder and semantic encoder)
         through torch.compile, with dynamic shapes so that one compilation serves every batch size.
@@ -25,8 +25,9 @@ class TorchRuntime(Runtime):
         products a frame streams most bytes of.
         Embeddings, the scored lm_head rows, the head's modulation and projections and the convolutional tokenizers
         stay in `dtype`. The checkpoint's model is converted in place.
-        `megakernel`: the LM step of one or two streams as one persistent kernel where it runs (bf16 on Hopper with
-        CuPy: engine.megakernel); `describe` says whether it does."""
+        `megakernel`: the LM step of one or two streams as one persistent kernel where it runs (bf16 or fp8 weights
+        on Hopper, with CuPy: engine.megakernel; measured slower than the separate kernels so far, so not the
+        default); `describe` says whether it does."""
         self.device = torch.device(device)
         self.dtype = dtype
         self.quantized = None if voice_encoder_only else quantized

@@ -91,6 +91,11 @@ def test_kernel_compiles_for_hopper_without_spills(tmp_path):
     assert all(stores == "0" and loads == "0" for stores, loads in reports)
 
 
+def test_slots_hold_whole_warp_steps():
+    with pytest.raises(ValueError, match="slot_bytes must be a multiple of 512"):
+        megakernel.LanguageModelMegakernel(None, [], slot_bytes=1000)
+
+
 @torch.no_grad()
 def test_the_step_runs_its_other_kernels_where_the_megakernel_cannot():
     checkpoint = random_checkpoint("tiny", seed=0)
