@@ -33,7 +33,7 @@ HEAD_DIM = 128
 ATT_SPAN = WARPS * 32
 MAX_TOKENS = 4
 ACTIVATION_GROUP = 128
-KINDS = ("qkv", "o", "gate_up", "down")
+KINDS = ("qkv", "o", "gate_up", "down")  # the products, in the kernel's Kind order
 # a layer's row of the kernel's `layers` table (its Field enum): each product's weight, then its fp8 scales (0 for
 # bf16), the qkv bias, the two norms' weights, one unused
 LAYER_FIELDS = 12
@@ -123,12 +123,11 @@ class LanguageModelMegakernel:
         properties = torch.cuda.get_device_properties(device)
         self.programs = properties.multi_processor_count
         self._smem_limit = properties.shared_memory_per_block_optin
-        products = ("qkv", "o", "gate_up", "down")
         self.fp8 = layer_weights[0]["qkv"][0].dtype == torch.float8_e4m3fn
         table = []
         for w in layer_weights:
-            weights = [w[name][0].data_ptr() for name in products]
-            scales = [w[name][2].data_ptr() if self.fp8 else 0 for name in products]
+            weights = [w[name][0].data_ptr() for name in KINDS]
+            scales = [w[name][2].data_ptr() if self.fp8 else 0 for name in KINDS]
             table.append(weights + scales + [w["qkv"][1].data_ptr(), w["norm1"][0].data_ptr(),
                                              w["norm2"][0].data_ptr(), 0])
         self._layers = torch.tensor(table, dtype=torch.int64, device=device)
@@ -136,7 +135,8 @@ class LanguageModelMegakernel:
         qkv_width = (self.heads + 2 * self.kv_heads) * HEAD_DIM
         outputs = {"qkv": qkv_width, "o": self.hidden_size, "gate_up": self.intermediate, "down": self.hidden_size}
         self._ranges = torch.from_numpy(np.stack([warp_ranges(outputs[kind], warps) for kind in KINDS])).to(device)
-        self.gate_rows = int((self._ranges[2, :, 1] - self._ranges[2, :, 0]).max())
+        gate_up = self._ranges[KINDS.index("gate_up")]
+        self.gate_rows = int((gate_up[:, 1] - gate_up[:, 0]).max())
         rows = max(ROWS)
         spans = -(-cfg.max_position_embeddings // ATT_SPAN)
         group = self.heads // self.kv_heads
@@ -172,7 +172,7 @@ class LanguageModelMegakernel:
             return "not on a CUDA device"
         if torch.cuda.get_device_properties(device).major != 9:
             return "not a Hopper GPU (sm_90)"
-        kinds = {w[name][0].dtype for w in layer_weights for name in ("qkv", "o", "gate_up", "down")}
+        kinds = {w[name][0].dtype for w in layer_weights for name in KINDS}
         if step.token_weight.dtype != torch.bfloat16 or len(kinds) > 1 or kinds - {torch.bfloat16,
                                                                                      torch.float8_e4m3fn}:
             return "not a bf16 model with bf16 or fp8 weights"
