@@ -33,7 +33,7 @@ typedef unsigned long long u64;
 #define ATT_SPAN (WARPS * 32)          // positions per attention item: 32 per consumer warp
 #define MAX_TOKENS 4                   // scored logits
 #define NEG_INF __int_as_float(0xff800000)
-#define LAYER_FIELDS 12                // per layer: Field's addresses
+#define LAYER_FIELDS 11                // per layer: Field's addresses
 #define ACTIVATION_GROUP 128           // fp8 inputs: one scale per this many of a row
 #define E4M3_MAX 448.f
 #define SMALLEST_SCALE 1e-12f

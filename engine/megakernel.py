@@ -35,8 +35,8 @@ MAX_TOKENS = 4
 ACTIVATION_GROUP = 128
 KINDS = ("qkv", "o", "gate_up", "down")  # the products, in the kernel's Kind order
 # a layer's row of the kernel's `layers` table (its Field enum): each product's weight, then its fp8 scales (0 for
-# bf16), the qkv bias, the two norms' weights, one unused
-LAYER_FIELDS = 12
+# bf16), the qkv bias, the two norms' weights
+LAYER_FIELDS = 11
 MIN_SLOTS = 2               # ring slots per consumer warp, at least
 BARRIER_BYTES = 8
 MAX_GATE_ROWS = 32          # a consumer warp holds its gate rows' sums one per lane until their up rows come
@@ -129,14 +129,15 @@ class LanguageModelMegakernel:
             weights = [w[name][0].data_ptr() for name in KINDS]
             scales = [w[name][2].data_ptr() if self.fp8 else 0 for name in KINDS]
             table.append(weights + scales + [w["qkv"][1].data_ptr(), w["norm1"][0].data_ptr(),
-                                             w["norm2"][0].data_ptr(), 0])
+                                             w["norm2"][0].data_ptr()])
         self._layers = torch.tensor(table, dtype=torch.int64, device=device)
         warps = self.programs * WARPS
         qkv_width = (self.heads + 2 * self.kv_heads) * HEAD_DIM
         outputs = {"qkv": qkv_width, "o": self.hidden_size, "gate_up": self.intermediate, "down": self.hidden_size}
-        self._ranges = torch.from_numpy(np.stack([warp_ranges(outputs[kind], warps) for kind in KINDS])).to(device)
-        gate_up = self._ranges[KINDS.index("gate_up")]
+        ranges = np.stack([warp_ranges(outputs[kind], warps) for kind in KINDS])
+        gate_up = ranges[KINDS.index("gate_up")]
         self.gate_rows = int((gate_up[:, 1] - gate_up[:, 0]).max())
+        self._ranges = torch.from_numpy(ranges).to(device)
         rows = max(ROWS)
         spans = -(-cfg.max_position_embeddings // ATT_SPAN)
         group = self.heads // self.kv_heads
