@@ -5,13 +5,16 @@
 // Why one kernel: at a few rows every product is a matrix-vector product bound by streaming its weights, and as
 // separate kernels each one starts by waiting for the one before and then for its first weights (~3.5 us of ~6 us
 // for a 6 MB product). Here a producer warp per program streams that program's share of every weight of the step,
-// in order, into a ring of shared-memory slots (bulk copies, one per slot), never waiting for the computation except
-// for a free slot: the weights do not depend on it. The consumer warps run the step's phases (qkv, attention, o,
-// gate-up, down per layer) between grid barriers and find the weights already on chip.
+// in order, into rings of shared-memory slots (bulk copies, one per slot; one ring and one producer lane per
+// consumer warp), never waiting for the computation except for a free slot: the weights do not depend on it. The
+// consumer warps run the step's phases (qkv, attention, o, gate-up, down per layer) between grid barriers and find
+// the weights already on chip.
 //
-// Work: in a product phase each consumer warp owns a contiguous range of output rows (the `ranges` table, balanced
-// by the host) and consumes exactly those weight rows from its own ring, 256 inputs per step (8 per lane); x (the
-// phase's input, normalised where the layer says) sits in shared memory in bf16. The attention is split by row,
+// Work: in a product phase each program owns a contiguous range of output rows (the `ranges` table, balanced by
+// the host) and its consumer warps split those rows' steps of 256 inputs (8 per lane) evenly, each from its own
+// ring; a row's sums from the one or two warps that hold its steps meet in shared memory (`parts`) and are finished
+// (scale, bias, residual, SiLU) by all consumer threads. x (the phase's input, normalised where the layer says) sits
+// in shared memory in bf16. The attention is split by row,
 // kv head and span of ATT_SPAN positions (32 per warp); a span's program combines its warps in shared memory, and
 // where a row's context covers several spans the program that finishes last combines them.
 // Roundings follow the torch ops of engine.network: bf16 after each op, float32 sums. With fp8 weights (FP8, one
@@ -37,6 +40,20 @@ typedef unsigned long long u64;
 #define ACTIVATION_GROUP 128           // fp8 inputs: one scale per this many of a row
 #define E4M3_MAX 448.f
 #define SMALLEST_SCALE 1e-12f
+#define LOAD_BATCH 4                   // global loads in flight at once where a loop reads a vector
+#define VALUE_BATCH 8                  // the attention's value rows in flight at once
+
+#ifdef TRACE  // perf/trace_megakernel.py: when each program's consumers pass each mark, how long they waited
+#define TRACE_PROGRAMS 256
+#define TRACE_LAYERS 64
+#define MARKS 16                       // per layer
+__device__ long long trace_marks[TRACE_PROGRAMS][TRACE_LAYERS * MARKS];  // clock cycles since the program started
+__device__ long long trace_waits[TRACE_PROGRAMS][WARPS];       // cycles each consumer warp waited for its ring
+#define MARK(i) \
+    do { if (threadIdx.x == 0) trace_marks[blockIdx.x][layer * MARKS + (i)] = clock64() - start; } while (0)
+#else
+#define MARK(i) do {} while (0)
+#endif
 
 enum Kind { QKV = 0, O = 1, GATE_UP = 2, DOWN = 3, KINDS = 4 };
 // a layer's entries in the `layers` table: each product's weight and (fp8) output scales, the qkv bias, the norms
@@ -139,9 +156,16 @@ struct Ring {
     int count;
     int slot;
     u32 parity;
+    long long waited;  // TRACE: clock cycles in acquire()
 
     __device__ __forceinline__ const unsigned char* acquire() {
+#ifdef TRACE
+        const long long before = clock64();
         mbar_wait(&full[slot], parity);
+        waited += clock64() - before;
+#else
+        mbar_wait(&full[slot], parity);
+#endif
         return slots + (size_t)slot * SLOT_BYTES;
     }
     __device__ __forceinline__ void release(int lane) {
@@ -154,7 +178,7 @@ struct Ring {
 // What the model and this kernel's launch keep (a device buffer built by engine/megakernel.py, field for field).
 struct Params {
     const u64* layers;            // [layers][LAYER_FIELDS] addresses (Field)
-    const int* ranges;            // [KINDS][programs * WARPS][2] each consumer warp's output rows
+    const int* ranges;            // [KINDS][programs][2] each program's output rows
     bf16* hidden;                 // [M, H]: the residual stream
     bf16* qkv;                    // [M, QKV]
     bf16* attn;                   // [M, heads * 128]
@@ -167,8 +191,8 @@ struct Params {
     float rope_scaling, attn_scale, eps;
     int layers_n, H, F, heads, kv_heads, tokens;
     int slots;                    // ring slots per consumer warp
-    int x_offset, scales_offset, barrier_offset;  // shared memory: the ring at 0, x's values (and the attention's
-                                  // scratch), x's fp8 scales, the mbarriers
+    int x_offset, scales_offset, parts_offset, barrier_offset;  // shared memory: the ring at 0, x's values (and
+                                  // the attention's scratch), x's fp8 scales, the row sums' parts, the mbarriers
 };
 
 // What changes from call to call (the kernel's other arguments).
@@ -190,19 +214,23 @@ struct Input {
     int K;
 };
 
-// A weight phase for one consumer warp: `rows` weight rows of x.K inputs (bf16, or FP8: e4m3) from its ring;
-// epilogue(row, sums) per finished row, with every lane holding the row's M sums (before fp8 output scales).
-template <int M, bool FP8, class Epilogue>
-__device__ __forceinline__ void stream_rows(Ring& ring, const Input& x, int rows, int lane, Epilogue epilogue) {
+// The warp of WARPS that holds step `s` of a product phase's `total` steps (warp w: [w * total / WARPS, ...)).
+__device__ __forceinline__ int warp_of(int s, int total) { return min(WARPS - 1, (WARPS * (s + 1) - 1) / total); }
+
+// A weight phase for one consumer warp: steps [begin, end) of the program's weight rows (row-major, x.K / STEP steps
+// of STEP inputs per row; bf16, or FP8: e4m3) from its ring. Each row's M sums over this warp's steps of it (before
+// fp8 output scales) go to parts[(row * 2 + piece) * M + m]: piece 1 where an earlier warp began the row (a row
+// spans at most two warps: the host gives every program at least WARPS rows).
+template <int M, bool FP8>
+__device__ __forceinline__ void stream_steps(Ring& ring, const Input& x, int begin, int end, float* parts, int lane) {
     constexpr int steps_per_slot = SLOT_BYTES / (STEP * (FP8 ? 1 : 2));
     const int steps_per_row = x.K / STEP, groups = x.K / ACTIVATION_GROUP;
-    const int total = rows * steps_per_row;
     float acc[M];
 #pragma unroll
     for (int m = 0; m < M; ++m) acc[m] = 0.f;
-    int row = 0, in_row = 0;
-    for (int step = 0; step < total; step += steps_per_slot) {
-        const int count = min(steps_per_slot, total - step);
+    int row = begin / steps_per_row, in_row = begin - row * steps_per_row, piece = in_row != 0;
+    for (int step = begin; step < end; step += steps_per_slot) {
+        const int count = min(steps_per_slot, end - step);
         const unsigned char* slot = ring.acquire();
         for (int i = 0; i < count; ++i) {
             float wf[8];
@@ -232,18 +260,30 @@ __device__ __forceinline__ void stream_rows(Ring& ring, const Input& x, int rows
                 // fp8: this lane's 8 products in float32, times their group's scale (2 groups per step)
                 acc[m] = FP8 ? fmaf(s, x.scales[m * groups + in_row * 2 + (lane >> 4)], acc[m]) : s;
             }
-            if (++in_row == steps_per_row) {
+            ++in_row;
+            if (in_row == steps_per_row || step + i + 1 == end) {
 #pragma unroll
-                for (int m = 0; m < M; ++m) acc[m] = warp_sum(acc[m]);
-                epilogue(row, acc);
-#pragma unroll
-                for (int m = 0; m < M; ++m) acc[m] = 0.f;
-                in_row = 0;
-                ++row;
+                for (int m = 0; m < M; ++m) {
+                    const float sum = warp_sum(acc[m]);
+                    if (lane == m) parts[(row * 2 + piece) * M + m] = sum;
+                    acc[m] = 0.f;
+                }
+                in_row = in_row == steps_per_row ? 0 : in_row;
+                row += in_row == 0;
+                piece = 0;
             }
         }
         ring.release(lane);
     }
+}
+
+// The sum of row r's parts (as stream_steps left them, after every warp's): one part, or two where the row's steps
+// began in one warp and ended in the next.
+template <int M>
+__device__ __forceinline__ float row_sum(const float* parts, int r, int m, int steps_per_row, int total) {
+    const float first = parts[r * 2 * M + m];
+    const bool split = warp_of(r * steps_per_row, total) != warp_of((r + 1) * steps_per_row - 1, total);
+    return split ? first + parts[(r * 2 + 1) * M + m] : first;
 }
 
 // Eight consecutive inputs of row m (vector k of the row, each thread its own) into x; with FP8 quantized first:
@@ -274,12 +314,20 @@ __device__ __forceinline__ void load_normed(const Input& x, const bf16* src, con
     float rstd[M];
 #pragma unroll
     for (int m = 0; m < M; ++m) {
+        const uint4* row = reinterpret_cast<const uint4*>(src + (size_t)m * x.K);
         float squares = 0.f;
-        for (int i = lane; i < vectors; i += 32) {
-            const uint4 v = __ldcg(reinterpret_cast<const uint4*>(src + (size_t)m * x.K) + i);
-            const u32 p[4] = {v.x, v.y, v.z, v.w};
+        for (int i0 = lane; i0 < vectors; i0 += 32 * LOAD_BATCH) {
+            uint4 v[LOAD_BATCH];
 #pragma unroll
-            for (int j = 0; j < 4; ++j) squares += lo(p[j]) * lo(p[j]) + hi(p[j]) * hi(p[j]);
+            for (int u = 0; u < LOAD_BATCH; ++u)
+                if (i0 + 32 * u < vectors) v[u] = __ldcg(row + i0 + 32 * u);
+#pragma unroll
+            for (int u = 0; u < LOAD_BATCH; ++u)
+                if (i0 + 32 * u < vectors) {
+                    const u32 p[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) squares += lo(p[j]) * lo(p[j]) + hi(p[j]) * hi(p[j]);
+                }
         }
         rstd[m] = rsqrtf(warp_sum(squares) / x.K + eps);
     }
@@ -306,11 +354,22 @@ __device__ __forceinline__ void load_normed(const Input& x, const bf16* src, con
 template <int M, bool FP8>
 __device__ __forceinline__ void load_rows(const Input& x, const bf16* src) {
     const int vectors = x.K / 8;
-    for (int i = threadIdx.x; i < M * vectors; i += CONSUMERS) {
-        const int m = i / vectors, k = i - m * vectors;
-        const uint4 v = __ldcg(reinterpret_cast<const uint4*>(src) + i);
-        float out[8] = {lo(v.x), hi(v.x), lo(v.y), hi(v.y), lo(v.z), hi(v.z), lo(v.w), hi(v.w)};
-        store_inputs<FP8>(x, m, k, out);
+    const uint4* rows = reinterpret_cast<const uint4*>(src);
+    for (int i0 = threadIdx.x; i0 < M * vectors; i0 += CONSUMERS * LOAD_BATCH) {
+        uint4 v[LOAD_BATCH];
+#pragma unroll
+        for (int u = 0; u < LOAD_BATCH; ++u)
+            if (i0 + CONSUMERS * u < M * vectors) v[u] = __ldcg(rows + i0 + CONSUMERS * u);
+#pragma unroll
+        for (int u = 0; u < LOAD_BATCH; ++u) {
+            const int i = i0 + CONSUMERS * u;
+            if (i < M * vectors) {
+                const int m = i / vectors, k = i - m * vectors;
+                float out[8] = {lo(v[u].x), hi(v[u].x), lo(v[u].y), hi(v[u].y), lo(v[u].z), hi(v[u].z), lo(v[u].w),
+                                hi(v[u].w)};
+                store_inputs<FP8>(x, m, k, out);
+            }
+        }
     }
     consumers_sync();
 }
@@ -363,13 +422,20 @@ __device__ void attend_item(const Params& p, const Step& st, int layer, int m, i
     for (int h = 0; h < G; ++h) score[h] = 0.f;
     if (valid) {
         const uint4* kr = reinterpret_cast<const uint4*>(keys + mine * HEAD_DIM);
-        for (int c = 0; c < HEAD_DIM / 8; ++c) {
+#pragma unroll
+        for (int c0 = 0; c0 < HEAD_DIM / 8; c0 += LOAD_BATCH) {
+          uint4 raw[LOAD_BATCH];
+#pragma unroll
+          for (int u = 0; u < LOAD_BATCH; ++u) raw[u] = mine == pos ? make_uint4(0, 0, 0, 0) : __ldg(kr + c0 + u);
+#pragma unroll
+          for (int u = 0; u < LOAD_BATCH; ++u) {
+            const int c = c0 + u;
             float kf[8];
             if (mine == pos) {
 #pragma unroll
                 for (int j = 0; j < 8; ++j) kf[j] = k_new[c * 8 + j];
             } else {
-                const uint4 v = __ldg(kr + c);
+                const uint4 v = raw[u];
                 kf[0] = lo(v.x); kf[1] = hi(v.x); kf[2] = lo(v.y); kf[3] = hi(v.y);
                 kf[4] = lo(v.z); kf[5] = hi(v.z); kf[6] = lo(v.w); kf[7] = hi(v.w);
             }
@@ -380,6 +446,7 @@ __device__ void attend_item(const Params& p, const Step& st, int layer, int m, i
                 score[h] += a.x * kf[0] + a.y * kf[1] + a.z * kf[2] + a.w * kf[3] + b.x * kf[4] + b.y * kf[5] +
                             b.z * kf[6] + b.w * kf[7];
             }
+          }
         }
     }
     const int live = (int)max(0LL, min(32LL, pos - base + 1));
@@ -394,20 +461,30 @@ __device__ void attend_item(const Params& p, const Step& st, int layer, int m, i
         for (int j = 0; j < 4; ++j) acc[h][j] = 0.f;
     }
     // values: lane = 4 of the head's dimensions
-    for (int j = 0; j < live; ++j) {
-        float v[4];
-        if (base + j == pos) {
+    for (int j0 = 0; j0 < live; j0 += VALUE_BATCH) {  // live: the same for the whole warp
+        uint2 raw[VALUE_BATCH];
 #pragma unroll
-            for (int c = 0; c < 4; ++c) v[c] = v_new[lane * 4 + c];
-        } else {
-            const uint2 raw = __ldg(reinterpret_cast<const uint2*>(values + (base + j) * HEAD_DIM) + lane);
-            v[0] = lo(raw.x); v[1] = hi(raw.x); v[2] = lo(raw.y); v[3] = hi(raw.y);
-        }
+        for (int u = 0; u < VALUE_BATCH; ++u)
+            if (j0 + u < live && base + j0 + u != pos)
+                raw[u] = __ldg(reinterpret_cast<const uint2*>(values + (base + j0 + u) * HEAD_DIM) + lane);
 #pragma unroll
-        for (int h = 0; h < G; ++h) {
-            const float w = __shfl_sync(0xffffffffu, weight[h], j);
+        for (int u = 0; u < VALUE_BATCH; ++u) {
+            const int j = j0 + u;
+            if (j < live) {
+                float v[4];
+                if (base + j == pos) {
 #pragma unroll
-            for (int c = 0; c < 4; ++c) acc[h][c] = fmaf(w, v[c], acc[h][c]);
+                    for (int c = 0; c < 4; ++c) v[c] = v_new[lane * 4 + c];
+                } else {
+                    v[0] = lo(raw[u].x); v[1] = hi(raw[u].x); v[2] = lo(raw[u].y); v[3] = hi(raw[u].y);
+                }
+#pragma unroll
+                for (int h = 0; h < G; ++h) {
+                    const float w = __shfl_sync(0xffffffffu, weight[h], j);
+#pragma unroll
+                    for (int c = 0; c < 4; ++c) acc[h][c] = fmaf(w, v[c], acc[h][c]);
+                }
+            }
         }
     }
     for (int h = 0; h < G; ++h) {
@@ -472,55 +549,59 @@ __device__ void attend_item(const Params& p, const Step& st, int layer, int m, i
     consumers_sync();  // the scratch is reused by the next item
 }
 
-// The producer: every weight row this program's consumer warps own, in the order they consume them, one slot
-// (at most SLOT_BYTES of one segment) at a time, round-robin over the warps.
-__device__ void produce(const Params& p, int weight_bytes, unsigned char* ring, u64* full, u64* empty) {
+// One ring's weight chunks in the order its warp consumes them: every product of every layer (gate rows, then the
+// same up rows), at most SLOT_BYTES of one segment at a time.
+struct Chunks {
+    int layer = 0, kind = 0, pass = 0;
+    size_t offset = 0;
+
+    __device__ __forceinline__ bool next(const Params& p, int w, int weight_bytes, const unsigned char*& src,
+                                         u32& bytes) {
+        while (layer < p.layers_n) {
+            const u64* fields = p.layers + (size_t)layer * LAYER_FIELDS;
+            const int K = kind == DOWN ? p.F : kind == O ? p.heads * HEAD_DIM : p.H;
+            const size_t row_bytes = (size_t)K * weight_bytes;
+            const int* range = p.ranges + ((size_t)kind * gridDim.x + blockIdx.x) * 2;
+            const int total = (range[1] - range[0]) * (K / STEP);
+            const size_t step_bytes = (size_t)STEP * weight_bytes;
+            const size_t first = (size_t)(w * total / WARPS) * step_bytes;
+            const size_t length = (size_t)((w + 1) * total / WARPS) * step_bytes - first;
+            if (offset < length) {
+                src = reinterpret_cast<const unsigned char*>(fields[W_QKV + kind]) + range[0] * row_bytes + first +
+                      (pass ? (size_t)p.F * row_bytes : 0) + offset;
+                bytes = (u32)min((size_t)SLOT_BYTES, length - offset);
+                offset += bytes;
+                return true;
+            }
+            offset = 0;
+            if (kind == GATE_UP && pass == 0) {
+                pass = 1;
+                continue;
+            }
+            pass = 0;
+            if (++kind == KINDS) { kind = 0; ++layer; }
+        }
+        return false;
+    }
+};
+
+// The producer lane of consumer warp w: its chunks into its ring, each as soon as a slot is free.
+__device__ void produce(const Params& p, int weight_bytes, unsigned char* ring, u64* full, u64* empty, int w) {
     u64 policy;  // streamed once per step: first out of L2
     asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
-    int slot[WARPS];
-    u32 parity[WARPS];
-#pragma unroll
-    for (int w = 0; w < WARPS; ++w) { slot[w] = 0; parity[w] = 0; }
-    const int programs = gridDim.x;
-    for (int layer = 0; layer < p.layers_n; ++layer) {
-        const u64* fields = p.layers + (size_t)layer * LAYER_FIELDS;
-        for (int kind = 0; kind < KINDS; ++kind) {
-            const int K = kind == DOWN ? p.F : kind == O ? p.heads * HEAD_DIM : p.H;
-            const unsigned char* weight = reinterpret_cast<const unsigned char*>(fields[W_QKV + kind]);
-            const size_t row_bytes = (size_t)K * weight_bytes;
-            const unsigned char* start[WARPS];
-            size_t length[WARPS], done[WARPS], total[WARPS];
-            bool more = false;
-#pragma unroll
-            for (int w = 0; w < WARPS; ++w) {
-                const int* range = p.ranges + ((size_t)kind * programs * WARPS + blockIdx.x * WARPS + w) * 2;
-                start[w] = weight + range[0] * row_bytes;
-                length[w] = (size_t)(range[1] - range[0]) * row_bytes;
-                total[w] = kind == GATE_UP ? 2 * length[w] : length[w];  // gate rows, then the same up rows
-                done[w] = 0;
-                more |= total[w] > 0;
-            }
-            const size_t up_offset = (size_t)p.F * row_bytes;
-            while (more) {
-                more = false;
-#pragma unroll
-                for (int w = 0; w < WARPS; ++w) {
-                    if (done[w] < total[w]) {
-                        const bool up = done[w] >= length[w];
-                        const size_t offset = up ? done[w] - length[w] : done[w];
-                        const u32 bytes = (u32)min((size_t)SLOT_BYTES, length[w] - offset);
-                        const unsigned char* src = start[w] + offset + (up ? up_offset : 0);
-                        u64* bar = full + w * p.slots + slot[w];
-                        mbar_wait(empty + w * p.slots + slot[w], parity[w] ^ 1);
-                        mbar_expect(bar, bytes);
-                        bulk_copy(ring + ((size_t)w * p.slots + slot[w]) * SLOT_BYTES, src, bytes, bar, policy);
-                        if (++slot[w] == p.slots) { slot[w] = 0; parity[w] ^= 1; }
-                        done[w] += bytes;
-                        more |= done[w] < total[w];
-                    }
-                }
-            }
-        }
+    unsigned char* mine = ring + (size_t)w * p.slots * SLOT_BYTES;
+    u64* my_full = full + w * p.slots;
+    u64* my_empty = empty + w * p.slots;
+    int slot = 0;
+    u32 parity = 0;
+    Chunks chunks;
+    const unsigned char* src;
+    u32 bytes;
+    while (chunks.next(p, w, weight_bytes, src, bytes)) {
+        mbar_wait(my_empty + slot, parity ^ 1);
+        mbar_expect(my_full + slot, bytes);
+        bulk_copy(mine + (size_t)slot * SLOT_BYTES, src, bytes, my_full + slot, policy);
+        if (++slot == p.slots) { slot = 0; parity ^= 1; }
     }
 }
 
@@ -552,52 +633,63 @@ lm_step(const Params* __restrict__ params, const bf16* embeds, const long long* 
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads();
+#ifdef TRACE
+    const long long start = clock64();
+#endif
     if (warp == WARPS) {
-        if (lane == 0) produce(p, FP8 ? 1 : 2, ring, full, empty);
+        if (lane < WARPS) produce(p, FP8 ? 1 : 2, ring, full, empty, lane);
         return;
     }
 
-    Ring mine{ring + (size_t)warp * p.slots * SLOT_BYTES, full + warp * p.slots, empty + warp * p.slots, p.slots, 0, 0};
-    const int programs = gridDim.x, me = blockIdx.x * WARPS + warp;
+    Ring mine{ring + (size_t)warp * p.slots * SLOT_BYTES, full + warp * p.slots, empty + warp * p.slots, p.slots, 0, 0,
+              0};
+    const int programs = gridDim.x;
+    float* parts = reinterpret_cast<float*>(shared + p.parts_offset);  // [2][rows][2][M]: gate's, then up's
     const int qkv_width = (p.heads + 2 * p.kv_heads) * HEAD_DIM, attn_width = p.heads * HEAD_DIM;
     const int spans = (st.context + ATT_SPAN - 1) / ATT_SPAN;
     const Input hidden_in{x_values, x_scales, p.H}, attn_in{x_values, x_scales, attn_width},
         act_in{x_values, x_scales, p.F};
     u32 barriers = 0;
-    auto rows_of = [&](int kind, int& first) {
-        const int* range = p.ranges + ((size_t)kind * programs * WARPS + me) * 2;
+    // a product phase: this program's rows (first, rows, their steps), this warp's steps [begin, end)
+    int first, rows, total, begin, end;
+    auto phase = [&](int kind, int K) {
+        const int* range = p.ranges + ((size_t)kind * programs + blockIdx.x) * 2;
         first = range[0];
-        return range[1] - range[0];
+        rows = range[1] - range[0];
+        total = rows * (K / STEP);
+        begin = warp * total / WARPS;
+        end = (warp + 1) * total / WARPS;
     };
     for (int layer = 0; layer < p.layers_n; ++layer) {
         const u64* fields = p.layers + (size_t)layer * LAYER_FIELDS;
         const bf16* residual = layer == 0 ? st.embeds : p.hidden;
-        int first, rows;
-        // the epilogue of a product added to a residual: hidden = `from` + the product, rounded once
-        auto added_to_hidden = [&](const bf16* from, Field scales) {
-            return [&, from, scales](int row, const float* sums) {
-                const int n = first + row;
-#pragma unroll
-                for (int m = 0; m < M; ++m)
-                    if (lane == m) {
-                        const size_t at = (size_t)m * p.H + n;
-                        const float product = finished<FP8>(sums[m], fields, scales, n, nullptr);
-                        p.hidden[at] = to_bf16(bf(__ldcg(from + at)) + product);
-                    }
-            };
+        // a product added to a residual: hidden = `from` + the product, rounded once
+        auto add_to_hidden = [&](const bf16* from, Field scales, int K) {
+            consumers_sync();
+            for (int i = threadIdx.x; i < rows * M; i += CONSUMERS) {
+                const int r = i / M, m = i - r * M, n = first + r;
+                const size_t at = (size_t)m * p.H + n;
+                const float product = finished<FP8>(row_sum<M>(parts, r, m, K / STEP, total), fields, scales, n,
+                                                    nullptr);
+                p.hidden[at] = to_bf16(bf(__ldcg(from + at)) + product);
+            }
         };
 
+        MARK(0);
         load_normed<M, FP8>(hidden_in, residual, reinterpret_cast<const bf16*>(fields[NORM1]), p.eps);
-        rows = rows_of(QKV, first);
+        MARK(1);
+        phase(QKV, p.H);
         const bf16* bias = reinterpret_cast<const bf16*>(fields[B_QKV]);
-        stream_rows<M, FP8>(mine, hidden_in, rows, lane, [&](int row, const float* sums) {
-            const int n = first + row;
-#pragma unroll
-            for (int m = 0; m < M; ++m)
-                if (lane == m)
-                    p.qkv[(size_t)m * qkv_width + n] = to_bf16(finished<FP8>(sums[m], fields, S_QKV, n, bias));
-        });
+        stream_steps<M, FP8>(mine, hidden_in, begin, end, parts, lane);
+        consumers_sync();
+        for (int i = threadIdx.x; i < rows * M; i += CONSUMERS) {
+            const int r = i / M, m = i - r * M, n = first + r;
+            const float sum = row_sum<M>(parts, r, m, p.H / STEP, total);
+            p.qkv[(size_t)m * qkv_width + n] = to_bf16(finished<FP8>(sum, fields, S_QKV, n, bias));
+        }
+        MARK(2);
         grid_barrier(p.counters, ++barriers * programs);
+        MARK(3);
 
         float* scratch = reinterpret_cast<float*>(x_values);
         for (int item = blockIdx.x; item < M * p.kv_heads * spans; item += programs) {
@@ -605,39 +697,52 @@ lm_step(const Params* __restrict__ params, const bf16* embeds, const long long* 
             const int m = mg / p.kv_heads, g = mg - m * p.kv_heads;
             if (span <= st.positions[m] / ATT_SPAN) attend_item<M, G>(p, st, layer, m, g, span, spans, scratch);
         }
+        MARK(4);
         grid_barrier(p.counters, ++barriers * programs);
+        MARK(5);
 
         load_rows<M, FP8>(attn_in, p.attn);
-        rows = rows_of(O, first);
-        stream_rows<M, FP8>(mine, attn_in, rows, lane, added_to_hidden(residual, S_O));
+        MARK(6);
+        phase(O, attn_width);
+        stream_steps<M, FP8>(mine, attn_in, begin, end, parts, lane);
+        add_to_hidden(residual, S_O, attn_width);
+        MARK(7);
         grid_barrier(p.counters, ++barriers * programs);
+        MARK(8);
 
         load_normed<M, FP8>(hidden_in, p.hidden, reinterpret_cast<const bf16*>(fields[NORM2]), p.eps);
-        rows = rows_of(GATE_UP, first);
-        float gate[M];
-        stream_rows<M, FP8>(mine, hidden_in, rows, lane, [&](int row, const float* sums) {
-#pragma unroll
-            for (int m = 0; m < M; ++m)
-                if (lane == (row & 31))
-                    gate[m] = rounded(finished<FP8>(sums[m], fields, S_GATE_UP, first + row, nullptr));
-        });
-        stream_rows<M, FP8>(mine, hidden_in, rows, lane, [&](int row, const float* sums) {
-            const int n = first + row;
-#pragma unroll
-            for (int m = 0; m < M; ++m)
-                if (lane == (row & 31)) {
-                    const float silu = rounded(gate[m] / (1.f + __expf(-gate[m])));
-                    const float up = rounded(finished<FP8>(sums[m], fields, S_GATE_UP, p.F + n, nullptr));
-                    p.act[(size_t)m * p.F + n] = to_bf16(silu * up);
-                }
-        });
+        MARK(9);
+        phase(GATE_UP, p.H);
+        float* up_parts = parts + rows * 2 * M;
+        stream_steps<M, FP8>(mine, hidden_in, begin, end, parts, lane);
+        MARK(10);
+        stream_steps<M, FP8>(mine, hidden_in, begin, end, up_parts, lane);
+        consumers_sync();
+        for (int i = threadIdx.x; i < rows * M; i += CONSUMERS) {
+            const int r = i / M, m = i - r * M, n = first + r;
+            const float gate = rounded(finished<FP8>(row_sum<M>(parts, r, m, p.H / STEP, total), fields, S_GATE_UP,
+                                                     n, nullptr));
+            const float up = rounded(finished<FP8>(row_sum<M>(up_parts, r, m, p.H / STEP, total), fields,
+                                                   S_GATE_UP, p.F + n, nullptr));
+            const float silu = rounded(gate / (1.f + __expf(-gate)));
+            p.act[(size_t)m * p.F + n] = to_bf16(silu * up);
+        }
+        MARK(11);
         grid_barrier(p.counters, ++barriers * programs);
+        MARK(12);
 
         load_rows<M, FP8>(act_in, p.act);
-        rows = rows_of(DOWN, first);
-        stream_rows<M, FP8>(mine, act_in, rows, lane, added_to_hidden(p.hidden, S_DOWN));
+        MARK(13);
+        phase(DOWN, p.F);
+        stream_steps<M, FP8>(mine, act_in, begin, end, parts, lane);
+        add_to_hidden(p.hidden, S_DOWN, p.F);
+        MARK(14);
         grid_barrier(p.counters, ++barriers * programs);
+        MARK(15);
     }
+#ifdef TRACE
+    if (lane == 0) trace_waits[blockIdx.x][warp] = mine.waited;
+#endif
 
     // the final norm and the scored logits: program 0, one warp per row
     if (blockIdx.x == 0 && warp < M) {

@@ -10,9 +10,10 @@ same function, rounded the same way, summed in another order.
 It needs CuPy (NVRTC compiles the source at first use) and bf16 or fp8 weights (engine.quantize: fp8 activations
 too) in a bf16 model; one instance serves one caller at a time (its work buffers are its own).
 
-Status (perf/RESULTS.md, 2026-12-07): it computes the step (against the Triton kernels: 3e-2 relative on the 1.5B's
-hidden states, the cache writes 1.3e-2; graph replays equal eager runs) but streams only ~1.2 TB/s on an H100, so
-it is slower than the separate kernels (1.5B: 2.13 against 1.46 ms) and not the runtime's default.
+Status (perf/RESULTS.md, 2026-12-07, an H100): it computes the step (against the Triton kernels: 2.7e-2 relative
+on the 1.5B's hidden states; graph replays equal eager runs) in 1.96 ms against their 1.47 (7B fp8: 4.71 against
+2.97), so it is not the runtime's default. Its products stream at ~3.2 TB/s; the rest of its time is waiting:
+perf/trace_megakernel.py shows ~30 of a layer's 70 us at grid barriers, 18 of them for the few programs that attend.
 """
 from __future__ import annotations
 
@@ -39,7 +40,11 @@ KINDS = ("qkv", "o", "gate_up", "down")  # the products, in the kernel's Kind or
 LAYER_FIELDS = 11
 MIN_SLOTS = 2               # ring slots per consumer warp, at least
 BARRIER_BYTES = 8
-MAX_GATE_ROWS = 32          # a consumer warp holds its gate rows' sums one per lane until their up rows come
+TRACE_PROGRAMS, TRACE_LAYERS, MARKS = 256, 64, 16  # the TRACE build's tables
+# what a layer's consumers do between its marks (the .cu's MARK(0) ... MARK(15)): the products' intervals include
+# finishing their rows' sums, a barrier's is the wait for the slowest program
+TRACE_PHASES = ("norm", "qkv", "barrier", "attention", "barrier", "load", "o", "barrier", "norm", "gate", "up+act",
+                "barrier", "load", "down", "barrier")
 STATIC_SHARED = 1024        # kept for the kernel's static shared memory (its flag: a few bytes)
 
 
@@ -49,31 +54,36 @@ class Params(ctypes.Structure):
         "layers", "ranges", "hidden", "qkv", "attn", "act", "parts", "counters", "inv_freq", "final_norm",
         "token_weight")] + [(name, ctypes.c_float) for name in ("rope_scaling", "attn_scale", "eps")] + [
         (name, ctypes.c_int) for name in ("layers_n", "H", "F", "heads", "kv_heads", "tokens", "slots", "x_offset",
-                                          "scales_offset", "barrier_offset")]
+                                          "scales_offset", "parts_offset", "barrier_offset")]
 
 
-def warp_ranges(outputs: int, warps: int) -> np.ndarray:
-    """Each of `warps` consumer warps' contiguous output rows [begin, end) of a product with `outputs` rows: as even
-    as whole rows allow (sizes differ by at most one)."""
-    bounds = np.arange(warps + 1, dtype=np.int64) * outputs // warps
+def program_ranges(outputs: int, programs: int) -> np.ndarray:
+    """Each of `programs` programs' contiguous output rows [begin, end) of a product with `outputs` rows: as even as
+    whole rows allow (sizes differ by at most one). The program's consumer warps split its rows' steps evenly."""
+    bounds = np.arange(programs + 1, dtype=np.int64) * outputs // programs
     return np.stack([bounds[:-1], bounds[1:]], axis=1).astype(np.int32)
 
 
-def shared_layout(rows: int, hidden: int, intermediate: int, heads: int, kv_heads: int, limit: int,
-                  slot_bytes: int = SLOT_BYTES) -> tuple[int, int, int, int, int]:
-    """(ring slots per warp, the offsets of x's values, of x's fp8 scales and of the mbarriers, bytes in all) of the
-    kernel's shared memory within `limit` bytes: x holds the widest phase input [rows, K] in bf16 (or the
-    attention's scratch, whichever is larger) and a float32 scale per ACTIVATION_GROUP of them, the ring the rest."""
+def shared_layout(rows: int, hidden: int, intermediate: int, heads: int, kv_heads: int, program_rows: int,
+                  limit: int, slot_bytes: int = SLOT_BYTES) -> tuple[int, int, int, int, int, int]:
+    """(ring slots per warp, the offsets of x's values, of x's fp8 scales, of the row sums' parts and of the
+    mbarriers, bytes in all) of the kernel's shared memory within `limit` bytes: x holds the widest phase input
+    [rows, K] in bf16 (or the attention's scratch, whichever is larger) and a float32 scale per ACTIVATION_GROUP of
+    them; the parts two float32 sums per row, output row of the program (at most `program_rows`) and product (gate
+    and up at once); the ring the rest."""
     group = heads // kv_heads
     widest = max(hidden, intermediate, heads * HEAD_DIM)
     scratch = ((group + 2) * HEAD_DIM + WARPS * group * (HEAD_DIM + 2)) * 4
     values = -(-max(rows * widest * 2, scratch) // 128) * 128
     scales = -(-rows * (widest // ACTIVATION_GROUP) * 4 // 128) * 128
+    parts = -(-2 * program_rows * 2 * rows * 4 // 128) * 128
     per_slot = WARPS * (slot_bytes + 2 * BARRIER_BYTES)
-    slots = (limit - values - scales) // per_slot
+    slots = (limit - values - scales - parts) // per_slot
     x_offset = WARPS * slots * slot_bytes
-    barrier_offset = x_offset + values + scales
-    return slots, x_offset, x_offset + values, barrier_offset, barrier_offset + WARPS * slots * 2 * BARRIER_BYTES
+    parts_offset = x_offset + values + scales
+    barrier_offset = parts_offset + parts
+    return (slots, x_offset, x_offset + values, parts_offset, barrier_offset,
+            barrier_offset + WARPS * slots * 2 * BARRIER_BYTES)
 
 
 @functools.cache
@@ -88,32 +98,34 @@ def _cupy():
 
 
 @functools.cache
-def _kernel(rows: int, group: int, fp8: bool, slot_bytes: int, device_index: int, shared_limit: int):
-    """The kernel for `rows` rows, `group` query heads per kv head, bf16 or fp8 weights and ring slots of
-    `slot_bytes`, compiled for the device (sm_90a), allowed `shared_limit` bytes of shared memory with its static
-    ones (set here, once: not while a CUDA graph is being captured)."""
+def _kernel(rows: int, group: int, fp8: bool, slot_bytes: int, trace: bool, device_index: int, shared_limit: int):
+    """(the module, the kernel) for `rows` rows, `group` query heads per kv head, bf16 or fp8 weights and ring slots
+    of `slot_bytes` (with `trace`: its TRACE build), compiled for the device (sm_90a), allowed `shared_limit` bytes
+    of shared memory with its static ones (set here, once: not while a CUDA graph is being captured)."""
     cupy = _cupy()
     name = f"lm_step<{rows}, {group}, {str(fp8).lower()}>"
     with cupy.cuda.Device(device_index):
         module = cupy.RawModule(code=SOURCE.read_text(),
-                                options=("-std=c++17", "-arch=sm_90a", f"-DSLOT_BYTES={slot_bytes}"),
+                                options=("-std=c++17", "-arch=sm_90a", f"-DSLOT_BYTES={slot_bytes}",
+                                         *(["-DTRACE"] if trace else [])),
                                 name_expressions=[name])
         kernel = module.get_function(name)
         kernel.max_dynamic_shared_size_bytes = shared_limit - kernel.attributes["shared_size_bytes"]
-        return kernel
+        return module, kernel
 
 
 class LanguageModelMegakernel:
     """The LM step of CachedLanguageModelStep (embeds [R, H], positions [R], the KV caches, context -> hidden
     [R, H] after the final norm, logits [R, V']) as engine/megakernel.cu, for R in ROWS."""
 
-    def __init__(self, step, layer_weights: list[dict], slot_bytes: int = SLOT_BYTES):
+    def __init__(self, step, layer_weights: list[dict], slot_bytes: int = SLOT_BYTES, trace: bool = False):
         """`step`: the LanguageModelStep whose modules hold the weights (on one CUDA device); `layer_weights`:
         CachedLanguageModelStep's per-layer tensors (fused qkv and gate-up); `slot_bytes`: each bulk copy of
-        weights (a multiple of 512)."""
+        weights (a multiple of 512); `trace`: the kernel's TRACE build, whose marks `trace()` reads
+        (perf/trace_megakernel.py)."""
         if slot_bytes % 512:
             raise ValueError(f"slot_bytes must be a multiple of 512 (a warp step of bf16), got {slot_bytes}")
-        self.slot_bytes = slot_bytes
+        self.slot_bytes, self.traced = slot_bytes, trace
         lm, device = step.lm, step.token_weight.device
         cfg = lm.config
         self.device = device
@@ -131,12 +143,13 @@ class LanguageModelMegakernel:
             table.append(weights + scales + [w["qkv"][1].data_ptr(), w["norm1"][0].data_ptr(),
                                              w["norm2"][0].data_ptr()])
         self._layers = torch.tensor(table, dtype=torch.int64, device=device)
-        warps = self.programs * WARPS
+        if trace and (self.programs > TRACE_PROGRAMS or len(table) > TRACE_LAYERS):
+            raise ValueError(f"the TRACE build records {TRACE_PROGRAMS} programs and {TRACE_LAYERS} layers at most")
         qkv_width = (self.heads + 2 * self.kv_heads) * HEAD_DIM
         outputs = {"qkv": qkv_width, "o": self.hidden_size, "gate_up": self.intermediate, "down": self.hidden_size}
-        ranges = np.stack([warp_ranges(outputs[kind], warps) for kind in KINDS])
-        gate_up = ranges[KINDS.index("gate_up")]
-        self.gate_rows = int((gate_up[:, 1] - gate_up[:, 0]).max())
+        ranges = np.stack([program_ranges(outputs[kind], self.programs) for kind in KINDS])
+        sizes = ranges[:, :, 1] - ranges[:, :, 0]
+        self.program_rows, self.fewest_rows = int(sizes.max()), int(sizes.min())
         self._ranges = torch.from_numpy(ranges).to(device)
         rows = max(ROWS)
         spans = -(-cfg.max_position_embeddings // ATT_SPAN)
@@ -193,26 +206,45 @@ class LanguageModelMegakernel:
 
     def runs(self, rows: int) -> bool:
         """Whether the kernel takes a step of `rows` rows."""
-        return rows in ROWS and self._layout(rows)[0] >= MIN_SLOTS and self.gate_rows <= MAX_GATE_ROWS
+        # a row's steps span at most two warps where every program has at least WARPS rows (the kernel's parts)
+        return rows in ROWS and self._layout(rows)[0] >= MIN_SLOTS and self.fewest_rows >= WARPS
 
-    def _layout(self, rows: int) -> tuple[int, int, int, int, int]:
-        return shared_layout(rows, self.hidden_size, self.intermediate, self.heads, self.kv_heads,
+    def _layout(self, rows: int) -> tuple[int, int, int, int, int, int]:
+        return shared_layout(rows, self.hidden_size, self.intermediate, self.heads, self.kv_heads, self.program_rows,
                              self._smem_limit - STATIC_SHARED, self.slot_bytes)
 
     def _params_for(self, rows: int) -> tuple[torch.Tensor, int]:
         if rows not in self._params:
-            slots, x_offset, scales_offset, barrier_offset, total = self._layout(rows)
+            slots, x_offset, scales_offset, parts_offset, barrier_offset, total = self._layout(rows)
             params = Params(**self._static, slots=slots, x_offset=x_offset, scales_offset=scales_offset,
-                            barrier_offset=barrier_offset)
+                            parts_offset=parts_offset, barrier_offset=barrier_offset)
             raw = torch.frombuffer(bytearray(bytes(params)), dtype=torch.uint8).to(self.device)
             self._params[rows] = raw, total
         return self._params[rows]
 
+    def _compiled(self, rows: int):
+        return _kernel(rows, self.heads // self.kv_heads, self.fp8, self.slot_bytes, self.traced,
+                       self.device.index or 0, self._smem_limit)
+
+    def trace(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """The TRACE build's record of its last step of `rows` rows: [programs, layers, MARKS] clock cycles at which
+        each program's consumers passed each mark, [programs, WARPS] cycles each consumer warp waited for weights."""
+        if not self.traced:
+            raise RuntimeError("the kernel was not built to trace (LanguageModelMegakernel(..., trace=True))")
+        module, _ = self._compiled(rows)
+        cupy = _cupy()
+
+        def read(name: str, columns: int) -> np.ndarray:
+            table = cupy.ndarray((TRACE_PROGRAMS, columns), dtype=cupy.int64, memptr=module.get_global(name))
+            return table.get()[:self.programs]
+        layers = self._layers.shape[0]
+        marks = read("trace_marks", TRACE_LAYERS * MARKS)[:, :layers * MARKS].reshape(self.programs, layers, MARKS)
+        return marks, read("trace_waits", WARPS)
+
     def __call__(self, embeds, positions, keys, values, context: int):
         rows = embeds.shape[0]
         params, shared = self._params_for(rows)
-        kernel = _kernel(rows, self.heads // self.kv_heads, self.fp8, self.slot_bytes, self.device.index or 0,
-                         self._smem_limit)
+        _, kernel = self._compiled(rows)
         embeds, positions = embeds.contiguous(), positions.to(torch.int64).contiguous()
         if keys.stride(-1) != 1 or keys.stride(-2) != HEAD_DIM or keys.stride() != values.stride():
             raise ValueError("the KV caches must be [layers, rows, kv heads, positions, 128] with contiguous positions")

@@ -18,10 +18,10 @@ from engine.network import CachedLanguageModelStep, LanguageModelStep
 H100_SHARED = 232448  # bytes of shared memory a program may opt into on an H100 or H200
 
 
-@pytest.mark.parametrize("outputs, warps", [(2048, 1056), (1536, 1056), (8960, 1056), (7, 16), (3, 3)])
-def test_warp_ranges_cover_every_row_once_and_evenly(outputs, warps):
-    ranges = megakernel.warp_ranges(outputs, warps)
-    assert ranges.shape == (warps, 2)
+@pytest.mark.parametrize("outputs, programs", [(2048, 132), (1536, 132), (8960, 132), (7, 16), (3, 3)])
+def test_program_ranges_cover_every_row_once_and_evenly(outputs, programs):
+    ranges = megakernel.program_ranges(outputs, programs)
+    assert ranges.shape == (programs, 2)
     assert ranges[0, 0] == 0 and ranges[-1, 1] == outputs
     assert (ranges[1:, 0] == ranges[:-1, 1]).all()  # contiguous, in order
     sizes = ranges[:, 1] - ranges[:, 0]
@@ -31,21 +31,23 @@ def test_warp_ranges_cover_every_row_once_and_evenly(outputs, warps):
 @pytest.mark.parametrize("size, rows", [("1.5B", 2), ("1.5B", 4), ("7B", 2), ("7B", 4)])
 def test_shared_layout_fits_the_released_sizes(size, rows):
     text = config_for(size).text_config
-    slots, x_offset, scales_offset, barrier_offset, total = megakernel.shared_layout(
+    program_rows = -(-text.intermediate_size // 132)  # the most rows of a product one of an H100's 132 programs has
+    slots, x_offset, scales_offset, parts_offset, barrier_offset, total = megakernel.shared_layout(
         rows, text.hidden_size, text.intermediate_size, text.num_attention_heads, text.num_key_value_heads,
-        H100_SHARED)
+        program_rows, H100_SHARED)
     assert slots >= megakernel.MIN_SLOTS
     assert x_offset == megakernel.WARPS * slots * megakernel.SLOT_BYTES
     widest = max(text.hidden_size, text.intermediate_size)
     assert scales_offset - x_offset >= rows * widest * 2  # x: the widest phase input in bf16
-    assert barrier_offset - scales_offset >= rows * widest // megakernel.ACTIVATION_GROUP * 4  # its fp8 scales
+    assert parts_offset - scales_offset >= rows * widest // megakernel.ACTIVATION_GROUP * 4  # its fp8 scales
+    assert barrier_offset - parts_offset >= 2 * program_rows * 2 * rows * 4  # gate's and up's two parts per row
     assert barrier_offset % 128 == 0 and total <= H100_SHARED
     assert total == barrier_offset + megakernel.WARPS * slots * 2 * megakernel.BARRIER_BYTES
 
 
 def test_shared_layout_takes_the_attention_scratch_where_it_is_larger():
     # a narrow model: x would be 2 x 256 x 2 bytes, the scratch of 4 query heads per kv head is far larger
-    slots, x_offset, scales_offset, _, _ = megakernel.shared_layout(2, 256, 256, 4, 1, H100_SHARED)
+    slots, x_offset, scales_offset, *_ = megakernel.shared_layout(2, 256, 256, 4, 1, 8, H100_SHARED)
     group = 4
     scratch = ((group + 2) * 128 + megakernel.WARPS * group * (128 + 2)) * 4
     assert scales_offset - x_offset >= scratch
@@ -70,19 +72,27 @@ def test_params_match_the_kernels_struct_field_for_field():
 def test_source_constants_match_the_host():
     source = megakernel.SOURCE.read_text()
     defined = dict(re.findall(r"#define (\w+) (\d+)", source))
-    for name in ("WARPS", "SLOT_BYTES", "STEP", "HEAD_DIM", "MAX_TOKENS", "LAYER_FIELDS", "ACTIVATION_GROUP"):
+    for name in ("WARPS", "SLOT_BYTES", "STEP", "HEAD_DIM", "MAX_TOKENS", "LAYER_FIELDS",
+                 "ACTIVATION_GROUP", "TRACE_PROGRAMS", "TRACE_LAYERS", "MARKS"):
         assert int(defined[name]) == getattr(megakernel, name), name
 
 
+def test_the_trace_names_an_interval_between_each_pair_of_marks():
+    marks = sorted({int(i) for i in re.findall(r"\bMARK\((\d+)\);", megakernel.SOURCE.read_text())})
+    assert marks == list(range(megakernel.MARKS))
+    assert len(megakernel.TRACE_PHASES) == megakernel.MARKS - 1
+
+
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="no CUDA compiler on this machine")
-def test_kernel_compiles_for_hopper_without_spills(tmp_path):
+@pytest.mark.parametrize("defines", [[], ["-DTRACE"]])
+def test_kernel_compiles_for_hopper_without_spills(tmp_path, defines):
     instances = "\n".join(
         f"template __global__ void lm_step<{rows}, {group}, {fp8}>(const Params*, const bf16*, const long long*, "
         f"bf16*, bf16*, long long, long long, long long, int, bf16*, bf16*);"
         for rows in megakernel.ROWS for group in (6, 7) for fp8 in ("false", "true"))
     unit = tmp_path / "instances.cu"
     unit.write_text(f'#include "{megakernel.SOURCE}"\n{instances}\n')
-    result = subprocess.run(["nvcc", "-std=c++17", "-gencode=arch=compute_90a,code=sm_90a", "-cubin",
+    result = subprocess.run(["nvcc", "-std=c++17", "-gencode=arch=compute_90a,code=sm_90a", "-cubin", *defines,
                              "-Xptxas", "-v", "-o", str(tmp_path / "out.cubin"), str(unit)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
