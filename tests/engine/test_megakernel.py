@@ -28,6 +28,27 @@ def test_program_ranges_cover_every_row_once_and_evenly(outputs, programs):
     assert sizes.min() >= 0 and sizes.max() - sizes.min() <= 1
 
 
+@pytest.mark.parametrize("size", ["1.5B", "7B"])
+@pytest.mark.parametrize("programs", [114, 132])  # an H100 PCIe's multiprocessors, an H100 SXM's or an H200's
+def test_each_row_of_the_released_sizes_is_split_between_two_warps_at_most(size, programs):
+    # the kernel's `parts` hold two sums per row: its warps split a program's steps evenly, and a row's steps must
+    # then fall to one warp or two neighbours, which holds wherever every program has at least WARPS rows
+    text = config_for(size).text_config
+    qkv = (text.num_attention_heads + 2 * text.num_key_value_heads) * megakernel.HEAD_DIM
+    for outputs, inputs in ((qkv, text.hidden_size), (text.hidden_size, text.hidden_size),
+                            (text.intermediate_size, text.hidden_size), (text.hidden_size, text.intermediate_size)):
+        ranges = megakernel.program_ranges(outputs, programs)
+        steps_per_row = inputs // megakernel.STEP
+        for rows in set((ranges[:, 1] - ranges[:, 0]).tolist()):
+            assert rows >= megakernel.WARPS
+            total = rows * steps_per_row
+            bounds = [w * total // megakernel.WARPS for w in range(megakernel.WARPS + 1)]
+            for row in range(rows):
+                first, last = row * steps_per_row, (row + 1) * steps_per_row
+                warps = [w for w in range(megakernel.WARPS) if bounds[w] < last and bounds[w + 1] > first]
+                assert len(warps) <= 2 and warps == list(range(warps[0], warps[0] + len(warps)))
+
+
 @pytest.mark.parametrize("size, rows", [("1.5B", 2), ("1.5B", 4), ("7B", 2), ("7B", 4)])
 def test_shared_layout_fits_the_released_sizes(size, rows):
     text = config_for(size).text_config
