@@ -268,8 +268,10 @@ __device__ __forceinline__ void stream_steps(Ring& ring, const Input& x, int beg
                     if (lane == m) parts[(row * 2 + piece) * M + m] = sum;
                     acc[m] = 0.f;
                 }
-                in_row = in_row == steps_per_row ? 0 : in_row;
-                row += in_row == 0;
+                if (in_row == steps_per_row) {
+                    in_row = 0;
+                    ++row;
+                }
                 piece = 0;
             }
         }

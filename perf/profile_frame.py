@@ -132,6 +132,12 @@ def tokenizer_errors(rt: TorchRuntime, inner, n: int, chunks: int = 3) -> str:
     return ", ".join(results)
 
 
+def staggered_positions(rows: int, context: int) -> torch.Tensor:
+    """Positions of `rows` rows far apart (3/4 into the context and 7), so that the attention sees both a long and a
+    short row in one step."""
+    return torch.tensor([context * 3 // 4 if row % 2 == 0 else 7 for row in range(rows)], device="cuda")
+
+
 @torch.no_grad()
 def megakernel_comparison(rt: TorchRuntime, slot_bytes: int, embeds, keys, values, context: int) -> str:
     """The LM step as engine.megakernel's persistent kernel (ring slots of `slot_bytes`) against the runtime's
@@ -143,7 +149,7 @@ def megakernel_comparison(rt: TorchRuntime, slot_bytes: int, embeds, keys, value
     kernel = None if why else LanguageModelMegakernel(step.step, step.layer_weights, slot_bytes)
     if kernel is None or not kernel.runs(rows):
         return f"megakernel not run ({why or f'{rows} rows in {slot_bytes}-byte slots do not fit'})"
-    positions = torch.tensor([context * 3 // 4 if row % 2 == 0 else 7 for row in range(rows)], device="cuda")
+    positions = staggered_positions(rows, context)
     mine, theirs = (keys.clone(), values.clone()), (keys.clone(), values.clone())
     ours = [*kernel(embeds, positions, *mine, context), *mine]
     reference = [*step(embeds, positions, *theirs, context), *theirs]

@@ -18,7 +18,7 @@ from engine.checkpoint import random_checkpoint
 from engine.megakernel import SLOT_BYTES, TRACE_PHASES, LanguageModelMegakernel
 from engine.runtime import TORCH_PRECISIONS
 from engine.runtime.torch_runtime import TorchRuntime
-from profile_frame import replay_ms
+from profile_frame import replay_ms, staggered_positions
 
 
 @torch.no_grad()
@@ -32,7 +32,7 @@ def trace_report(rt: TorchRuntime, streams: int, slot_bytes: int, context: int) 
     keys = torch.randn(spec.num_layers, rows, spec.kv_heads, context, spec.head_dim, dtype=rt.dtype, device="cuda")
     values = torch.randn_like(keys)
     embeds = torch.randn(rows, spec.hidden_size, dtype=rt.dtype, device="cuda")
-    positions = torch.tensor([context * 3 // 4 if row % 2 == 0 else 7 for row in range(rows)], device="cuda")
+    positions = staggered_positions(rows, context)
     ms = replay_ms(lambda: kernel(embeds, positions, keys, values, context))
     kernel(embeds, positions, keys, values, context)
     torch.cuda.synchronize()
