@@ -22,6 +22,13 @@ from torch import nn
 from transformers.activations import GELUActivation
 
 from engine.network import conv_cache_specs, kernels_for, linear_block
+from engine.quantize import QuantizedLinear, linear_params
+
+# An 8-bit precision stores the FFN weights of the blocks at least this wide in 8 bits: the 1024- and 2048-channel
+# stages hold ~95% of a tokenizer half's weight bytes (the 2048 stage's eight FFNs 268M parameters) and run as
+# few-row products bound by those bytes; narrower blocks are bound by latency, and the narrowest run as fused
+# kernels that read float weights.
+QUANTIZED_MIN_CHANNELS = 1024
 
 
 class TokenizerStep(nn.Module):
@@ -54,6 +61,12 @@ class TokenizerStep(nn.Module):
                 new_caches.append(new.transpose(1, 2))
         output = hidden.transpose(1, 2) if self.decoder else hidden  # audio [B, 1, T]; latents [B, T, D]
         return (output, *new_caches)
+
+
+def wide_block_ffns(module: nn.Module) -> list[nn.Module]:
+    """The FFNs of a tokenizer half's ConvNeXt blocks at least QUANTIZED_MIN_CHANNELS wide."""
+    return [block.ffn for stage in [module.stem, *module.conv_layers] for block in stage.stage
+            if block.ffn.linear1.weight.shape[1] >= QUANTIZED_MIN_CHANNELS]
 
 
 def _with_past(cache: torch.Tensor | None, x: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -141,8 +154,9 @@ class _Block(nn.Module):
     """A ConvNeXt block: x + gamma * dwconv(norm(x)), then x + ffn_gamma * ffn(ffn_norm(x)). On CUDA it runs as
     Triton kernels (engine.triton_kernels; block_kernels picks them by width and rows): narrow blocks whole
     (`convnext_block`) or in two halves (`convnext_mixer`, `convnext_ffn`), wider ones up to the FFN's input
-    (`convnext_mixer`), then engine.network.linear_block's products (few_rows_linear at few rows, else cuBLAS);
-    otherwise as torch ops (`convnext_mixer` here, then the FFN's modules)."""
+    (`convnext_mixer`), then engine.network.linear_block's products (few_rows_linear at few rows, else cuBLAS, or
+    scaled_linear for 8-bit weights, which only wide blocks have: wide_block_ffns); otherwise as torch ops
+    (`convnext_mixer` here, then the FFN's modules)."""
 
     def __init__(self, block: nn.Module, triton: bool | None):
         super().__init__()
@@ -151,6 +165,8 @@ class _Block(nn.Module):
         if mixer.conv.dilation != (1,) or mixer.conv.stride != (1,):
             raise ValueError("ConvNeXt mixers without dilation or stride only")
         self.exact_gelu = isinstance(block.ffn.activation, GELUActivation)  # the FFN kernels' activation
+        # 8-bit FFN weights (wide_block_ffns) run as products only: the narrow blocks' fused kernels read float ones
+        self.quantized = isinstance(block.ffn.linear1, QuantizedLinear)
         self.cache_key, self.width = mixer.cache_key, mixer.left_pad
 
     def forward(self, x, cache):
@@ -160,7 +176,9 @@ class _Block(nn.Module):
         mixer_args = (x, cache, norm.weight, norm.variance_epsilon, conv.weight, conv.bias, block.gamma,
                       ffn_norm.weight, ffn_norm.variance_epsilon)
         ffn_args = (ffn.linear1.weight, ffn.linear1.bias, ffn.linear2.weight, ffn.linear2.bias, block.ffn_gamma)
-        path = kernels.block_kernels(x.shape[-1], x.shape[0] * x.shape[1]) if kernels and self.exact_gelu else "mixer"
+        path = "mixer"
+        if kernels and self.exact_gelu and not self.quantized:
+            path = kernels.block_kernels(x.shape[-1], x.shape[0] * x.shape[1])
         if path == "block":
             return kernels.convnext_block(*mixer_args, *ffn_args)
         x, ffn_in, new = (kernels.convnext_mixer if kernels else convnext_mixer)(*mixer_args)
@@ -168,8 +186,8 @@ class _Block(nn.Module):
             return kernels.convnext_ffn(x, ffn_in, *ffn_args), new
         if kernels and self.exact_gelu:  # at few rows (wide blocks, few streams) one kernel per product
             flat, channels = x.reshape(-1, x.shape[-1]), x.shape[-1]
-            hidden = linear_block(ffn_in.reshape(-1, channels), ffn_args[:2], kernels, activation="gelu")
-            out = linear_block(hidden, ffn_args[2:4], kernels, residual=flat, layer_scale=block.ffn_gamma)
+            hidden = linear_block(ffn_in.reshape(-1, channels), linear_params(ffn.linear1), kernels, activation="gelu")
+            out = linear_block(hidden, linear_params(ffn.linear2), kernels, residual=flat, layer_scale=block.ffn_gamma)
             return out.view_as(x), new
         return torch.addcmul(x, ffn.linear2(ffn.activation(ffn.linear1(ffn_in))), block.ffn_gamma), new
 

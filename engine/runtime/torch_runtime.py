@@ -8,7 +8,7 @@ from engine.network import (CachedLanguageModelStep, ConnectorStep, DiffusionHea
                             LanguageModelStep, VoiceEncoder)
 from engine.quantize import quantize_linears
 from engine.runtime.base import ModelSpec, Runtime
-from engine.tokenizer_step import TokenizerStep
+from engine.tokenizer_step import TokenizerStep, wide_block_ffns
 
 
 class TorchRuntime(Runtime):
@@ -20,11 +20,12 @@ class TorchRuntime(Runtime):
         """`voice_encoder_only` moves just the acoustic encoder to `device`; only `encode_voice` may be called.
         `compile` runs the frame's pieces (LM layers, diffusion solve, streaming decoder and semantic encoder)
         through torch.compile, with dynamic shapes so that one compilation serves every batch size.
-        `quantized` ("fp8" or "int8") stores the LM decoder layers' linear weights and the diffusion head layers'
-        FFN weights in 8 bits (engine/quantize.py; fp8 quantizes the activations too, int8 is weight-only): the
-        products a frame streams most bytes of.
-        Embeddings, the scored lm_head rows, the head's modulation and projections and the convolutional tokenizers
-        stay in `dtype`. The checkpoint's model is converted in place.
+        `quantized` ("fp8" or "int8") stores the LM decoder layers' linear weights, the diffusion head layers' FFN
+        weights and the FFN weights of the tokenizers' wide blocks (engine.tokenizer_step.wide_block_ffns) in 8 bits
+        (engine/quantize.py; fp8 quantizes the activations too, int8 is weight-only): the products a frame streams
+        most bytes of. Embeddings, the scored lm_head rows, the head's modulation and projections, the tokenizers'
+        convolutions and narrower blocks, and the voice encoder stay in `dtype`. The checkpoint's model is converted
+        in place.
         `megakernel`: the LM step of one or two streams as one persistent kernel where it runs (bf16 or fp8 weights
         on Hopper, with CuPy: engine.megakernel; measured slower than the separate kernels so far, so not the
         default); `describe` says whether it does."""
@@ -40,8 +41,10 @@ class TorchRuntime(Runtime):
         model.to(self.device, dtype)
         if quantized:  # after the cast: the 8-bit weights and their float32 scales must not be cast again
             quantize_linears(inner.language_model.layers, quantized)
-            for layer in inner.diffusion_head.layers:
-                quantize_linears(layer.ffn, quantized)
+            tokenizers = inner.audio_tower.decoder, inner.semantic_tokenizer_encoder
+            for ffn in [*(layer.ffn for layer in inner.diffusion_head.layers),
+                        *(ffn for half in tokenizers for ffn in wide_block_ffns(half))]:
+                quantize_linears(ffn, quantized)
         if self.device.type == "cuda":
             if self.device.index is not None:  # streams and graph captures follow the current device
                 torch.cuda.set_device(self.device)
@@ -64,7 +67,7 @@ class TorchRuntime(Runtime):
         held = str(self.dtype).removeprefix("torch.")
         if self.quantized:
             how = "Triton kernels" if self.device.type == "cuda" else "float32 products"
-            held += f", {self.quantized} LM and diffusion-head FFN weights ({how})"
+            held += f", {self.quantized} LM, diffusion-head FFN and wide tokenizer-block FFN weights ({how})"
         if self._lm_cached.megakernel is not None:
             held += ", LM step of 1-2 streams as one persistent kernel"
         return f"{self.name} on {self.device} ({held})"

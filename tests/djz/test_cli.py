@@ -102,7 +102,8 @@ def test_synth_runs_at_fp8_and_says_how(tiny_checkpoint, voice_files, tmp_path, 
                  f"0={voice_files['high']}", "--out", str(tmp_path / "fp8.wav"), "--frames", "1",
                  "--precision", "fp8"]) == 0
     assert sf.info(tmp_path / "fp8.wav").frames == HOP_SAMPLES
-    assert "runtime torch on cpu (bfloat16, fp8 LM and diffusion-head FFN weights (float32 products))" in capsys.readouterr().out
+    assert ("runtime torch on cpu (bfloat16, fp8 LM, diffusion-head FFN and wide tokenizer-block FFN weights (float32 "
+            "products))") in capsys.readouterr().out
 
 
 def test_an_unknown_precision_is_refused_listing_the_choices(tiny_checkpoint, capsys):

@@ -1,7 +1,7 @@
 """fp8 and int8 precisions on CPU: the quantization error is what the formats allow, a quantized linear stays close
-to the float one, the runtime quantizes only the LM's decoder linears and the diffusion head's FFNs without keeping
-their float weights, and a
-whole synthesis stays close to fp32 at its first frame."""
+to the float one, the runtime quantizes only the LM's decoder linears, the diffusion head's FFNs and the tokenizers'
+wide blocks' FFNs without keeping their float weights, and a whole synthesis stays close to fp32 at its first
+frame."""
 import gc
 import re
 import weakref
@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from engine import tokenizer_step
 from engine.checkpoint import load_checkpoint
 from engine.config import HOP_SAMPLES
 from engine.errors import RuntimeUnavailable
@@ -123,7 +124,7 @@ def test_runtime_quantizes_only_the_decoder_layers_and_head_ffns_and_releases_th
     head_linears = [m for m in inner.diffusion_head.modules() if isinstance(m, nn.Linear)]
     assert head_linears and all(m.weight.dtype == torch.bfloat16 for m in head_linears)
     assert all(isinstance(layer.linear, nn.Linear) for layer in inner.diffusion_head.layers)
-    assert f"{kind} LM and diffusion-head FFN weights" in runtime.describe()
+    assert f"{kind} LM, diffusion-head FFN and wide tokenizer-block FFN weights" in runtime.describe()
 
 
 @pytest.mark.parametrize("precision", ["fp8", "int8"])
@@ -165,6 +166,28 @@ def test_synthesis_at_8_bit_precision_stays_close_to_fp32_at_the_first_frame(tin
     synth = Synthesizer.load(str(tiny_checkpoint), runtime="torch", device="cpu", precision=precision)
     audio = synth.synthesize(first_frame_request(voices)).audio
     assert audio.shape == fp32_audio.shape and np.isfinite(audio).all()
+    assert relative_error(torch.from_numpy(audio[:HOP_SAMPLES]), torch.from_numpy(fp32_audio[:HOP_SAMPLES])) < (
+        FIRST_FRAME_ERROR)
+
+
+@pytest.mark.parametrize("precision", ["fp8", "int8"])
+def test_the_tokenizers_wide_blocks_take_8_bit_ffn_weights_and_synthesis_stays_close_to_fp32(
+        tiny_checkpoint, voices, fp32_audio, precision, monkeypatch):
+    """The tiny checkpoint's blocks are at most 256 channels wide, under QUANTIZED_MIN_CHANNELS: lowered to 64 here,
+    its two widest stages' FFNs take 8-bit weights, as the released sizes' 1024- and 2048-channel ones do."""
+    monkeypatch.setattr(tokenizer_step, "QUANTIZED_MIN_CHANNELS", 64)
+    checkpoint = load_checkpoint(str(tiny_checkpoint))
+    inner = checkpoint.model.model
+    synth = Synthesizer(TorchRuntime(checkpoint, "cpu", torch.bfloat16, quantized=precision), checkpoint.processor)
+    for half in (inner.audio_tower.decoder, inner.semantic_tokenizer_encoder):
+        blocks = [block for stage in [half.stem, *half.conv_layers] for block in stage.stage]
+        wide = [block.ffn.linear1.weight.shape[1] >= 64 for block in blocks]
+        assert any(wide) and not all(wide)
+        for block, quantized in zip(blocks, wide, strict=True):
+            assert isinstance(block.ffn.linear1, QuantizedLinear) == quantized
+            assert isinstance(block.ffn.linear2, QuantizedLinear) == quantized
+    assert not any(isinstance(m, QuantizedLinear) for m in inner.audio_tower.encoder.modules())  # voice encoder
+    audio = synth.synthesize(first_frame_request(voices)).audio
     assert relative_error(torch.from_numpy(audio[:HOP_SAMPLES]), torch.from_numpy(fp32_audio[:HOP_SAMPLES])) < (
         FIRST_FRAME_ERROR)
 
