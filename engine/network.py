@@ -326,10 +326,12 @@ def silu_mul(gate_up):
     return F.silu(gate) * up
 
 
-def guided_update(v, x, previous_x0, cfg, coefficients):
-    """One solver step after the head: v [2B, D] (positive rows, then negative), x [2B, D] (the latents twice, as
-    the head's positive and negative rows take them) and previous_x0 [B, D], cfg [B], coefficients [B, 5] (alpha,
-    sigma, a, b, c of engine.sampler.schedule_table) -> (next x, twice as x, x0)."""
+def guided_update(normed, projection: tuple, x, previous_x0, cfg, coefficients):
+    """One solver step after the head's last norm: v = linear(normed, *projection) (the final product; normed
+    [2B, H], positive rows, then negative), x [2B, D] (the latents twice, as the head's positive and negative rows
+    take them) and previous_x0 [B, D], cfg [B], coefficients [B, 5] (alpha, sigma, a, b, c of
+    engine.sampler.schedule_table) -> (next x, twice as x, x0)."""
+    v = linear(normed, *projection)
     alpha, sigma, a, b, c = (column[:, None] for column in coefficients.unbind(-1))
     v_pos, v_neg = v.chunk(2, dim=0)
     x = x[:v_pos.shape[0]]
@@ -362,7 +364,7 @@ class DiffusionSolver(nn.Module):
     them), per layer the MLP's two products (gate and up fused) with silu_mul between them (`linear_block`: at few
     rows, one kernel with the first product) and residual_modulated_norm after (the gated residual and the next
     layer's norm and modulation; at few rows it finishes the second product's split sums), and guided_update
-    (guidance and the solver's update). Those three are one Triton kernel each on CUDA (`triton`: None, the default,
+    (the final product, guidance and the solver's update). Those three are one Triton kernel each on CUDA (`triton`: None, the default,
     means on CUDA tensors where Triton imports), torch ops elsewhere (the functions above). The head's modules keep
     views of the fused weights.
 
@@ -382,6 +384,7 @@ class DiffusionSolver(nn.Module):
         self.register_buffer("scale_offset", offset.repeat_interleave(self.hidden).to(self.modulation),
                              persistent=False)
         self.noisy_projection = linear_params(head.noisy_images_proj)
+        self.final_projection = linear_params(head.final_layer.linear_2)
         self.gate_up = [fuse_linears([layer.ffn.gate_proj, layer.ffn.up_proj]) for layer in layers]
         self.down = [linear_params(layer.ffn.down_proj) for layer in layers]
         # each norm as (weight, eps), the final layer's last: the norm that follows layer j is norms[j + 1]
@@ -409,8 +412,7 @@ class DiffusionSolver(nn.Module):
                 shift, scale = chunk[:, 3 * j + 3], chunk[:, 3 * j + 4]  # the next layer's, or the final layer's
                 hidden, normed = ops.residual_modulated_norm(hidden, chunk[:, 3 * j + 2], update, *self.norms[j + 1],
                                                              shift, scale)
-            v = head.final_layer.linear_2(normed)
-            x, previous_x0 = ops.guided_update(v, x, previous_x0, cfg, table[:, i, 1:])
+            x, previous_x0 = ops.guided_update(normed, self.final_projection, x, previous_x0, cfg, table[:, i, 1:])
         return x[:rows]
 
 

@@ -544,15 +544,29 @@ def silu_mul(gate_up):
 
 
 @triton.jit
-def _guided_update_kernel(v_ptr, x_ptr, previous_ptr, cfg_ptr, coefficients_ptr, x_out_ptr, x0_ptr,
-                          B, D, coefficients_stride, BLOCK: tl.constexpr, PDL: tl.constexpr):
+def _guided_update_kernel(normed_ptr, w_ptr, bias_ptr, x_ptr, previous_ptr, cfg_ptr, coefficients_ptr, x_out_ptr,
+                          x0_ptr, B, D, H, coefficients_stride, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr,
+                          BLOCK_H: tl.constexpr, PDL: tl.constexpr):
+    """Latent values program_id(1) * BLOCK_D + [0, BLOCK_D) of row program_id(0): the head's last product for them
+    (positive and negative rows, their weight rows read once), then the guidance and the solver's update, which are
+    elementwise."""
     after_previous_kernel(PDL)
     row = tl.program_id(0)
-    cols = tl.arange(0, BLOCK)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask = cols < D
     dtype = x_out_ptr.dtype.element_ty
-    v_pos = tl.load(v_ptr + row * D + cols, mask=mask, other=0.0).to(tl.float32)
-    v_neg = tl.load(v_ptr + (B + row) * D + cols, mask=mask, other=0.0).to(tl.float32)
+    acc_pos = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    acc_neg = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for start in range(0, H, BLOCK_H):  # one step for H up to BLOCK_H (every released size)
+        h = start + tl.arange(0, BLOCK_H)
+        inner = h < H
+        w = tl.load(w_ptr + cols[:, None] * H + h[None, :], mask=mask[:, None] & inner[None, :], other=0.0)
+        pos = tl.load(normed_ptr + row * H + h, mask=inner, other=0.0).to(tl.float32)
+        neg = tl.load(normed_ptr + (B + row) * H + h, mask=inner, other=0.0).to(tl.float32)
+        acc_pos += tl.sum(w.to(tl.float32) * pos[None, :], axis=1)
+        acc_neg += tl.sum(w.to(tl.float32) * neg[None, :], axis=1)
+    v_pos = _rounded_output(acc_pos, cols, mask, bias_ptr, HAS_BIAS, dtype)
+    v_neg = _rounded_output(acc_neg, cols, mask, bias_ptr, HAS_BIAS, dtype)
     x = tl.load(x_ptr + row * D + cols, mask=mask, other=0.0).to(tl.float32)
     previous = tl.load(previous_ptr + row * D + cols, mask=mask, other=0.0).to(tl.float32)
     cfg = tl.load(cfg_ptr + row).to(tl.float32)
@@ -567,17 +581,27 @@ def _guided_update_kernel(v_ptr, x_ptr, previous_ptr, cfg_ptr, coefficients_ptr,
     tl.store(x_out_ptr + (B + row) * D + cols, x, mask=mask)  # twice: the head's positive and negative rows
 
 
-def guided_update(v, x, previous_x0, cfg, coefficients):
-    """One solver step after the head: v [2B, D] (positive rows, then negative), x [2B, D] (the latents twice, as
-    the head's positive and negative rows take them) and previous_x0 [B, D], cfg [B], coefficients [B, 5] (alpha,
+# guided_update's latent values per program: few enough that a row's programs read the final product's weights in
+# parallel, each its [GUIDED_BLOCK_D, H] rows in one step
+GUIDED_BLOCK_D, GUIDED_MOST_INNER, GUIDED_WARPS = 4, 4096, 8
+
+
+def guided_update(normed, projection: tuple, x, previous_x0, cfg, coefficients):
+    """One solver step after the head's last norm: v = the final product of normed [2B, H] (`projection`: its
+    float weight [D, H] and bias) for the positive rows, then the negative ones; x [2B, D] (the latents twice, as
+    the head's positive and negative rows take them), previous_x0 [B, D], cfg [B], coefficients [B, 5] (alpha,
     sigma, a, b, c of engine.sampler.schedule_table) -> (next x, twice as x, x0)."""
+    weight, bias = projection
     rows, width = previous_x0.shape
+    inner = normed.shape[1]
     if coefficients.stride(1) != 1:
         raise ValueError("the coefficients' columns must be contiguous")
     x_out, x0 = torch.empty_like(x), torch.empty_like(previous_x0)
-    _guided_update_kernel[(rows,)](v.contiguous(), x.contiguous(), previous_x0.contiguous(), cfg.contiguous(),
-                                   coefficients, x_out, x0, rows, width, coefficients.stride(0),
-                                   BLOCK=triton.next_power_of_2(width), **dependent_launch(x.device))
+    _guided_update_kernel[(rows, triton.cdiv(width, GUIDED_BLOCK_D))](
+        normed.contiguous(), weight.contiguous(), bias, x.contiguous(), previous_x0.contiguous(), cfg.contiguous(),
+        coefficients, x_out, x0, rows, width, inner, coefficients.stride(0), HAS_BIAS=bias is not None,
+        BLOCK_D=GUIDED_BLOCK_D, BLOCK_H=min(triton.next_power_of_2(inner), GUIDED_MOST_INNER),
+        num_warps=GUIDED_WARPS, **dependent_launch(x.device))
     return x_out, x0
 
 

@@ -154,15 +154,17 @@ def test_convnext_block_refuses_wide_blocks(kernels):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("weighted", [True, False])
-def test_diffusion_step_kernels_equal_the_torch_ops(kernels, dtype, weighted):
+def test_diffusion_step_kernels_equal_the_torch_ops(kernels, dtype, weighted, monkeypatch):
     """The solver's glue: shift/scale/gate as rows of one modulation tensor (strided, as the solver slices them),
-    a width that is not a power of two, a norm without weight (the final layer's)."""
+    a width that is not a power of two, a norm without weight (the final layer's); the final product with and
+    without bias, over a latent width that is not a multiple of a program's, its inner width in one step and in
+    several."""
     generator = torch.Generator().manual_seed(7)
 
     def rand(*shape):
         return torch.randn(*shape, generator=generator).to(dtype)
 
-    rows, width, latent = 6, 40, 12
+    rows, width, latent = 6, 40, 13
     modulation = rand(rows, 3, 5, width)[:, 1]  # [rows, chunks, width] seen through a step's slice
     shift, scale, gate = modulation[:, 0], modulation[:, 1], modulation[:, 2]
     hidden, update, weight = rand(rows, width), rand(rows, width), rand(width) if weighted else None
@@ -180,11 +182,15 @@ def test_diffusion_step_kernels_equal_the_torch_ops(kernels, dtype, weighted):
     gate_up = rand(rows, 2 * 1500)  # wider than one program's block
     check(kernels.silu_mul(gate_up), network.silu_mul(gate_up))
     table = rand(rows // 2, 4, 6)[:, 2, 1:]  # a step's (alpha, sigma, a, b, c) per row
-    args = (rand(rows, latent), rand(rows // 2, latent).repeat(2, 1), rand(rows // 2, latent), rand(rows // 2), table)
-    next_x, x0 = kernels.guided_update(*args)
-    for mine, theirs in zip((next_x, x0), network.guided_update(*args)):
-        check(mine, theirs)
-    assert torch.equal(next_x[:rows // 2], next_x[rows // 2:])  # the latents twice, for the head's two rows each
+    latents = (rand(rows // 2, latent).repeat(2, 1), rand(rows // 2, latent), rand(rows // 2), table)
+    for projection, most_inner in (((rand(latent, width), rand(latent)), kernels.GUIDED_MOST_INNER),
+                                   ((rand(latent, width), None), 16)):
+        monkeypatch.setattr(kernels, "GUIDED_MOST_INNER", most_inner)
+        args = (rand(rows, width), projection, *latents)  # the final norm's rows and the final product
+        next_x, x0 = kernels.guided_update(*args)
+        for mine, theirs in zip((next_x, x0), network.guided_update(*args)):
+            check(mine, theirs)
+        assert torch.equal(next_x[:rows // 2], next_x[rows // 2:])  # the latents twice, for the head's two rows each
 
 
 def _attention_case(dtype, rows=4, heads=12, kv_heads=2, head_dim=32, context=160):
