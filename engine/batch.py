@@ -17,7 +17,9 @@ Then one copy of the tokens and audio to the host, which ends finished requests 
 
 Every shape in a frame is fixed by (slots, diffusion steps, attended context), so on CUDA each combination is
 captured once as a CUDA graph and replayed: a frame costs one launch and one host synchronisation. Slot counts and
-contexts are rounded up to powers of two; the padding slots compute on dead state and are ignored.
+contexts are rounded up to powers of two; the padding slots compute on dead state and are ignored. A prompt that
+joins alone is prefilled by a graph too, one per padded width (PREFILL_BUCKET); its outputs are copied into the
+slot's state before any other graph replays (graphs share one memory pool).
 
 The host runs one frame ahead: `step` queues the next frame before it waits for the previous one, so the device
 never waits for the host's bookkeeping between frames. Nothing a frame needs from the host depends on the frame
@@ -46,6 +48,10 @@ from engine.sampler import schedule_table
 
 CONTEXT_BUCKET = 256  # attended context is rounded up to a power-of-two multiple of this
 PREFILL_TOKENS = 16384  # joining prompts are prefilled together, up to this many (padded) tokens per LM call
+# Prompts are padded to a power-of-two multiple of this many positions (causal attention: positions after a prompt
+# change nothing at its own), so a prompt prefilled alone on CUDA replays one of a few captured graphs: eager, the
+# prefill's ~500 kernels cost 10-25 ms of launches for ~2 ms of compute (the 1.5B, a 10 s voice).
+PREFILL_BUCKET = 64
 
 
 @dataclass
@@ -97,6 +103,11 @@ def bucket(n: int, limit: int) -> int:
     return min(1 << max(n - 1, 0).bit_length(), limit)
 
 
+def padded_length(length: int, unit: int, limit: int) -> int:
+    """`length` rounded up to a power-of-two multiple of `unit`, at most `limit`."""
+    return min(bucket(-(-length // unit), limit) * unit, limit)
+
+
 class BatchEngine:
     """Advances up to `settings.max_streams` requests in lock-step. Not thread-safe: one owner calls it."""
 
@@ -136,6 +147,8 @@ class BatchEngine:
         self._launches = itertools.count()
         self._ids = itertools.count()
         self._graphs: dict[tuple[int, int, int], torch.cuda.CUDAGraph] = {}
+        # one prompt's prefill per padded width: (its input embeddings, the graph, the outputs its replays write)
+        self._prefill_graphs: dict[int, tuple[torch.Tensor, torch.cuda.CUDAGraph, tuple]] = {}
         self.cuda_graphs = dev.type == "cuda" if settings.cuda_graphs is None else settings.cuda_graphs
         if self.cuda_graphs:
             self._pool = torch.cuda.graph_pool_handle()  # graphs never run concurrently: they share their memory
@@ -154,8 +167,9 @@ class BatchEngine:
         return self.settings.max_streams - self.active
 
     def warm_up(self, diffusion_steps: tuple[int, ...] = (DEFAULT_DIFFUSION_STEPS,)) -> int:
-        """Capture the CUDA graph of every slot and context bucket up front, so that no request waits for a
-        capture; returns how many were captured. Only while no request runs: the frames run on dead state."""
+        """Capture the CUDA graph of every slot and context bucket, and of one prompt's prefill at every padded
+        width, up front, so that no request waits for a capture; returns how many were captured. Only while no
+        request runs: the frames run on dead state."""
         if not self.cuda_graphs:
             return 0
         if self._slots or self._in_flight:
@@ -167,8 +181,11 @@ class BatchEngine:
                 for context in contexts:
                     if (n, steps, context) not in self._graphs:
                         self._capture(n, steps, context)
+        for width in sorted({self._prefill_width(length) for length in range(1, self.settings.max_context,
+                                                                             PREFILL_BUCKET)}):
+            self._prefill_graph(width)
         torch.cuda.synchronize()
-        return len(self._graphs)
+        return len(self._graphs) + len(self._prefill_graphs)
 
     def check(self, prompt: PreparedPrompt) -> None:
         """Refuse a prompt this engine cannot hold."""
@@ -232,26 +249,45 @@ class BatchEngine:
     def _prefill(self, slots: list[int], prompts: list[torch.Tensor]) -> None:
         """Run prompts ([length, H] each) into the positive KV rows of `slots` from position 0 (the rows' old content
         is dead), in batches of at most PREFILL_TOKENS padded tokens, keeping each prompt's last hidden state and
-        logits."""
+        logits. A prompt alone is prefilled by its padded width's graph where frames are (CUDA graphs)."""
         spec, dev, dt = self.runtime.spec, self.runtime.device, self.runtime.dtype
         start = 0
         while start < len(slots):
             end = start + 1
-            while end < len(slots) and (end + 1 - start) * max(p.shape[0] for p in prompts[start:end + 1]) \
-                    <= PREFILL_TOKENS:
+            while end < len(slots) and (end + 1 - start) * self._prefill_width(
+                    max(p.shape[0] for p in prompts[start:end + 1])) <= PREFILL_TOKENS:
                 end += 1
             group, lengths = prompts[start:end], [p.shape[0] for p in prompts[start:end]]
-            width = max(lengths)
-            embeds = torch.zeros(len(group), width, spec.hidden_size, dtype=dt, device=dev)
-            for i, prompt in enumerate(group):
-                embeds[i, :lengths[i]] = prompt
-            hidden, logits, keys, values = self.runtime.prefill(embeds)
+            width = self._prefill_width(max(lengths))
+            if self.cuda_graphs and len(group) == 1:
+                embeds, graph, outputs = self._prefill_graph(width)
+                embeds[0, :lengths[0]] = group[0]  # what follows it is left from earlier prompts: never attended
+                graph.replay()
+                hidden, logits, keys, values = outputs
+            else:
+                embeds = torch.zeros(len(group), width, spec.hidden_size, dtype=dt, device=dev)
+                for i, prompt in enumerate(group):
+                    embeds[i, :lengths[i]] = prompt
+                hidden, logits, keys, values = self.runtime.prefill(embeds)
             for i, (slot, length) in enumerate(zip(slots[start:end], lengths)):
                 self._keys[:, 2 * slot, :, :length] = keys[:, i, :, :length]
                 self._values[:, 2 * slot, :, :length] = values[:, i, :, :length]
                 self._positive_hidden[slot] = hidden[i, length - 1]
                 self._logits[slot] = logits[i, length - 1]
             start = end
+
+    def _prefill_width(self, length: int) -> int:
+        return padded_length(length, PREFILL_BUCKET, self.settings.max_context)
+
+    def _prefill_graph(self, width: int) -> tuple[torch.Tensor, torch.cuda.CUDAGraph, tuple]:
+        """One prompt's prefill at this padded width as a CUDA graph (captured on first use): its input
+        embeddings [1, width, H], the graph, and the outputs its replays write (Runtime.prefill's)."""
+        if (entry := self._prefill_graphs.get(width)) is None:
+            spec = self.runtime.spec
+            embeds = torch.zeros(1, width, spec.hidden_size, dtype=self.runtime.dtype, device=self.runtime.device)
+            graph, outputs = self._captured(lambda: self.runtime.prefill(embeds))
+            entry = self._prefill_graphs[width] = embeds, graph, outputs
+        return entry
 
     def _remove(self, index: int) -> None:
         """Drop slot `index`; the last slot moves into it so that the active slots stay a prefix."""
@@ -337,21 +373,25 @@ class BatchEngine:
         return outputs
 
     def _context_bucket(self, context: int) -> int:
-        needed = -(-context // CONTEXT_BUCKET)
-        return min(bucket(needed, self.settings.max_context) * CONTEXT_BUCKET, self.settings.max_context)
+        return padded_length(context, CONTEXT_BUCKET, self.settings.max_context)
 
     def _capture(self, slots: int, steps: int, context: int) -> None:
-        """Run this frame eagerly (lazy initialisation must not happen inside a capture), then capture it for
-        next time. Capturing records kernels without running them, so the state advances exactly once."""
+        """Run this frame, and capture it for next time (capturing records kernels without running them, so the
+        state advances exactly once)."""
+        self._graphs[(slots, steps, context)] = self._captured(lambda: self._frame(slots, steps, context))[0]
+
+    def _captured(self, run):
+        """(`run` captured as a CUDA graph in the engine's pool, what the captured call returned), after one eager
+        call on a side stream: lazy initialisation must not happen inside a capture."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self._frame(slots, steps, context)
+            run()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            self._frame(slots, steps, context)
-        self._graphs[(slots, steps, context)] = graph
+            outputs = run()
+        return graph, outputs
 
     def _frame(self, n: int, steps: int, context: int) -> None:
         """One frame for slots [0, n) on the device, in place: reads the slots' state, noise and options, writes

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.batch import CONTEXT_BUCKET, BatchEngine, bucket
+from engine.batch import CONTEXT_BUCKET, PREFILL_BUCKET, BatchEngine, bucket
 from engine.config import EngineSettings
 from engine.prompt import prepare_prompt
 from engine.request import SynthesisOptions, SynthesisRequest, Voice
@@ -37,6 +37,21 @@ def test_buckets_are_powers_of_two_within_the_limit():
     engine.settings = engine_settings
     assert [engine._context_bucket(c) for c in (1, 256, 257, 700, 1024)] == [256, 256, 512, 1024, 1024]
     assert CONTEXT_BUCKET == 256
+    assert [engine._prefill_width(n) for n in (1, 64, 65, 129, 700, 1000)] == [64, 64, 128, 256, 1024, 1024]
+    assert PREFILL_BUCKET == 64
+
+
+def test_a_prompt_padded_with_anything_prefills_as_it_does_alone(model):
+    """What a captured prefill relies on: positions after a prompt (here random values, as stale embeddings from an
+    earlier, longer prompt) change none of the prompt's outputs, keys or values."""
+    runtime = model[0]
+    generator = torch.Generator().manual_seed(5)
+    length, width = 37, PREFILL_BUCKET
+    padded = torch.randn(1, width, runtime.spec.hidden_size, generator=generator)
+    alone = runtime.prefill(padded[:, :length])
+    for mine, theirs in zip(runtime.prefill(padded), alone, strict=True):
+        torch.testing.assert_close(mine[..., :length, :] if mine.dim() == 5 else mine[:, :length], theirs,
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_a_padded_frame_leaves_the_live_slots_as_an_exact_frame_does(model, voices):
