@@ -842,17 +842,21 @@ def _few_rows_store(acc, up, n, outputs, m, M, N, bias_ptr, residual_ptr, layer_
 
 @triton.jit
 def _few_rows_linear_kernel(x_ptr, norm_ptr, w_ptr, scale_ptr, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr,
-                            partial_ptr, squares_ptr, M, N, K, eps, split_inner, tile_n, NORM: tl.constexpr,
-                            GLU: tl.constexpr, GELU: tl.constexpr, SCALED: tl.constexpr, HAS_BIAS: tl.constexpr,
-                            HAS_RESIDUAL: tl.constexpr, LAYER_SCALE: tl.constexpr, SPLIT: tl.constexpr,
-                            OPERAND: tl.constexpr, FP8: tl.constexpr, ROWS: tl.constexpr,
-                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+                            partial_ptr, squares_ptr, arrivals_ptr, M, N, K, eps, split_inner, tile_n,
+                            NORM: tl.constexpr, GLU: tl.constexpr, GELU: tl.constexpr, SCALED: tl.constexpr,
+                            HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, LAYER_SCALE: tl.constexpr,
+                            SPLIT: tl.constexpr, SPLITS: tl.constexpr, FINISH: tl.constexpr, OPERAND: tl.constexpr,
+                            FP8: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                            PDL: tl.constexpr):
     """Outputs n (and N + n with GLU) of rows m over the inner range of split program_id(1): the weight tile is the
     product's wide side, so each program streams [tile_n, BLOCK_K] weight tiles against x's few rows (tile_n <=
     BLOCK_N outputs: any width, so that the outputs spread evenly over the programs; lanes past it idle). The
     RMSNorm's per-row factor is taken out of the product: (x * norm weight) @ W, times the inverse root mean square
     of x, whose squares are summed over the same tiles (no pass over x before the weights). Operands are converted
-    to OPERAND; FP8: x's tile (one activation group per row) is quantized to fp8 first."""
+    to OPERAND; FP8: x's tile (one activation group per row) is quantized to fp8 first. With SPLIT, each program
+    leaves its float32 sums; with FINISH, the last of a tile's SPLITS programs to arrive (counted in
+    arrivals_ptr[tile], which it sets back to 0) sums them in split order and finishes the tile, where a second
+    kernel would cost a launch."""
     after_previous_kernel(PDL)
     lane = tl.arange(0, BLOCK_N)
     n = tl.program_id(0) * tile_n + lane
@@ -881,7 +885,7 @@ def _few_rows_linear_kernel(x_ptr, norm_ptr, w_ptr, scale_ptr, bias_ptr, residua
         acc += _weight_product(w, xk, OPERAND, FP8, group_scale)
         if GLU:
             up += _weight_product(w_up, xk, OPERAND, FP8, group_scale)
-    if SPLIT:  # float32 sums per split, reduced in split order by _few_rows_reduce_kernel (which scales them)
+    if SPLIT:  # float32 sums per split, summed in split order by the tile's last program or the sums' reader
         width = 2 * N if GLU else N
         partial = partial_ptr + tl.program_id(1) * ROWS * width + m[None, :] * width + n[:, None]
         tl.store(partial, acc, mask=outputs[:, None])
@@ -889,6 +893,13 @@ def _few_rows_linear_kernel(x_ptr, norm_ptr, w_ptr, scale_ptr, bias_ptr, residua
             tl.store(partial + N, up, mask=outputs[:, None])
         if NORM:  # every program of the split holds the same squares: any may write them
             tl.store(squares_ptr + tl.program_id(1) * ROWS + m, squares)
+        if FINISH:
+            tl.debug_barrier()  # every thread's stores are issued before the count releases them
+            if tl.atomic_add(arrivals_ptr + tl.program_id(0), 1, sem="acq_rel") == SPLITS - 1:
+                tl.store(arrivals_ptr + tl.program_id(0), 0)  # ready for the next product
+                _finish_split_tile(partial_ptr, squares_ptr, scale_ptr, bias_ptr, residual_ptr, layer_scale_ptr,
+                                   out_ptr, n, outputs, m, M, N, K, eps, SPLITS, NORM, GLU, GELU, SCALED, HAS_BIAS,
+                                   HAS_RESIDUAL, LAYER_SCALE, ROWS)
     else:
         acc, up = _scaled_sums(acc, up, squares, n, N, K, eps, scale_ptr, NORM, GLU, SCALED)
         _few_rows_store(acc, up, n, outputs, m, M, N, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr, HAS_BIAS,
@@ -957,35 +968,34 @@ def _split_sums(partial_ptr, squares_ptr, n, m, outputs, width, SPLITS: tl.const
                 NORM: tl.constexpr):
     """A split product's float32 sums for outputs n of rows m (shaped to broadcast; `outputs` n's mask) and (NORM)
     the rows' squares, each summed over the SPLITS splits in split order: unrolled, so that every load is issued
-    before the first sum waits."""
-    acc = tl.load(partial_ptr + m * width + n, mask=outputs, other=0.0)
-    squares = tl.load(squares_ptr + m) if NORM else 0.0
+    before the first sum waits. The loads skip L1 (".cg"), which does not see other multiprocessors' stores."""
+    acc = tl.load(partial_ptr + m * width + n, mask=outputs, other=0.0, cache_modifier=".cg")
+    squares = tl.load(squares_ptr + m, cache_modifier=".cg") if NORM else 0.0
     for split in tl.static_range(1, SPLITS):
-        acc += tl.load(partial_ptr + split * ROWS * width + m * width + n, mask=outputs, other=0.0)
+        acc += tl.load(partial_ptr + split * ROWS * width + m * width + n, mask=outputs, other=0.0,
+                       cache_modifier=".cg")
         if NORM:
-            squares += tl.load(squares_ptr + split * ROWS + m)
+            squares += tl.load(squares_ptr + split * ROWS + m, cache_modifier=".cg")
     return acc, squares
 
 
 @triton.jit
-def _few_rows_reduce_kernel(partial_ptr, squares_ptr, scale_ptr, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr, M,
-                            N, K, eps, SPLITS: tl.constexpr, NORM: tl.constexpr, GLU: tl.constexpr,
-                            GELU: tl.constexpr, SCALED: tl.constexpr, HAS_BIAS: tl.constexpr,
-                            HAS_RESIDUAL: tl.constexpr, LAYER_SCALE: tl.constexpr, ROWS: tl.constexpr,
-                            BLOCK_N: tl.constexpr, PDL: tl.constexpr):
-    after_previous_kernel(PDL)
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    m = tl.arange(0, ROWS)
-    outputs = (n < N)[:, None]
+def _finish_split_tile(partial_ptr, squares_ptr, scale_ptr, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr, n,
+                       outputs, m, M, N, K, eps, SPLITS: tl.constexpr, NORM: tl.constexpr, GLU: tl.constexpr,
+                       GELU: tl.constexpr, SCALED: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                       LAYER_SCALE: tl.constexpr, ROWS: tl.constexpr):
+    """A split product's outputs n (`outputs` their mask) of rows m from its SPLITS float32 sums: summed in split
+    order, scaled, then stored as the unsplit kernel stores them."""
     width = 2 * N if GLU else N
-    acc, squares = _split_sums(partial_ptr, squares_ptr, n[:, None], m[None, :], outputs, width, SPLITS, ROWS, NORM)
-    acc = _scaled(acc, squares, K, eps, n[:, None], outputs, scale_ptr, NORM, SCALED)
+    acc, squares = _split_sums(partial_ptr, squares_ptr, n[:, None], m[None, :], outputs[:, None], width, SPLITS,
+                               ROWS, NORM)
+    acc = _scaled(acc, squares, K, eps, n[:, None], outputs[:, None], scale_ptr, NORM, SCALED)
     up = acc
     if GLU:
-        up, _ = _split_sums(partial_ptr, squares_ptr, (N + n)[:, None], m[None, :], outputs, width, SPLITS, ROWS,
-                            False)
-        up = _scaled(up, squares, K, eps, (N + n)[:, None], outputs, scale_ptr, NORM, SCALED)
-    _few_rows_store(acc, up, n, n < N, m, M, N, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr, HAS_BIAS, GLU,
+        up, _ = _split_sums(partial_ptr, squares_ptr, (N + n)[:, None], m[None, :], outputs[:, None], width, SPLITS,
+                            ROWS, False)
+        up = _scaled(up, squares, K, eps, (N + n)[:, None], outputs[:, None], scale_ptr, NORM, SCALED)
+    _few_rows_store(acc, up, n, outputs, m, M, N, bias_ptr, residual_ptr, layer_scale_ptr, out_ptr, HAS_BIAS, GLU,
                     GELU, HAS_RESIDUAL, LAYER_SCALE)
 
 
@@ -994,8 +1004,8 @@ def _product_values(product_ptr, partial_ptr, squares_ptr, scale_ptr, bias_ptr, 
                     SUMS: tl.constexpr, SPLITS: tl.constexpr, ROWS: tl.constexpr, NORM: tl.constexpr,
                     SCALED: tl.constexpr, HAS_BIAS: tl.constexpr, dtype):
     """Values n of rows m of a product (shaped to broadcast; `outputs` n's mask) as float32: loaded from the
-    product [rows, width], or (SUMS) finished from a few-row product's SplitSums as _few_rows_reduce_kernel
-    finishes them."""
+    product [rows, width], or (SUMS) finished from a few-row product's SplitSums as _finish_split_tile finishes
+    them."""
     if SUMS:
         acc, squares = _split_sums(partial_ptr, squares_ptr, n, m, outputs, width, SPLITS, ROWS, NORM)
         values = _rounded_output(_scaled(acc, squares, K, eps, n, outputs, scale_ptr, NORM, SCALED), n, outputs,
@@ -1010,7 +1020,7 @@ class SplitSums:
     """A few-row product left unreduced (few_rows_linear(..., reduce=False)): its float32 sums per split of the
     inner width, `partial` [splits, FEW_ROWS, N], with what turns them into the product (the RMSNorm's squares per
     split [splits, FEW_ROWS], 8-bit output scales, bias). The kernel that reads the product next (rotary_attend,
-    residual_modulated_norm) finishes the sums where it loads them, in place of _few_rows_reduce_kernel."""
+    residual_modulated_norm) finishes the sums where it loads them, as _finish_split_tile would."""
 
     partial: torch.Tensor
     squares: torch.Tensor | None
@@ -1033,8 +1043,8 @@ def _product_arguments(product) -> tuple[tuple, dict]:
 
 def few_rows_linear(x, weight, bias=None, scale=None, *, norm=None, activation=None, residual=None, layer_scale=None,
                     launch=None, reduce=True):
-    """A product of at most FEW_ROWS rows with what surrounds it in a layer, in one kernel (two when the inner width
-    is split): x [R, K], weight [N', K] in x's dtype or 8-bit with float32 output scales `scale` [N']
+    """A product of at most FEW_ROWS rows with what surrounds it in a layer, in one kernel (where the inner width is
+    split, each output tile's last split to finish finishes the tile): x [R, K], weight [N', K] in x's dtype or 8-bit with float32 output scales `scale` [N']
     (engine.quantize.linear_params), bias [N']; `norm` (weight [K], eps): x's RMSNorm first;
     `activation` "silu_glu": the weight is gate and up stacked (N' = 2N) and the result silu(gate) * up [R, N],
     "gelu": the exact GELU; `residual` [R, N] added, after the product is multiplied by `layer_scale` [N] if given.
@@ -1068,20 +1078,30 @@ def few_rows_linear(x, weight, bias=None, scale=None, *, norm=None, activation=N
                  HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, LAYER_SCALE=layer_scale is not None,
                  ROWS=FEW_ROWS)
     norm_weight, eps = norm if norm is not None else (None, 0.0)
-    launch_options = dependent_launch(x.device)
-    _few_rows_linear_kernel[(triton.cdiv(outputs, block_n), splits)](
-        x, norm_weight, weight, scale, bias, residual, layer_scale, out, partial, squares, rows, outputs, inner, eps,
-        split_inner, block_n, SPLIT=split, OPERAND=_operand(x.dtype, weight.dtype), FP8=fp8,
+    tiles = triton.cdiv(outputs, block_n)
+    finish = split and reduce
+    _few_rows_linear_kernel[(tiles, splits)](
+        x, norm_weight, weight, scale, bias, residual, layer_scale, out, partial, squares,
+        _arrivals(x.device, tiles) if finish else None, rows, outputs, inner, eps, split_inner, block_n, SPLIT=split,
+        SPLITS=splits, FINISH=finish, OPERAND=_operand(x.dtype, weight.dtype), FP8=fp8,
         BLOCK_N=max(16, triton.next_power_of_2(block_n)), BLOCK_K=block_k, num_warps=warps, num_stages=stages,
-        **flags, **launch_options)
-    if not reduce:
-        return SplitSums(partial, squares, scale, bias, inner, eps)
-    if split:
-        reduce_block = 64
-        _few_rows_reduce_kernel[(triton.cdiv(outputs, reduce_block),)](
-            partial, squares, scale, bias, residual, layer_scale, out, rows, outputs, inner, eps, SPLITS=splits,
-            BLOCK_N=reduce_block, **flags, **launch_options)
-    return out
+        **flags, **dependent_launch(x.device))
+    return out if reduce else SplitSums(partial, squares, scale, bias, inner, eps)
+
+
+# Split products count their tiles' finished splits here, one zeroed int32 per output tile, set back to zero by each
+# tile's last split: shared by every product on a device, which the engine runs one after another on one stream.
+ARRIVAL_COUNTERS = 1 << 14
+_arrival_counters: dict[torch.device, torch.Tensor] = {}
+
+
+def _arrivals(device: torch.device, tiles: int) -> torch.Tensor:
+    """The device's arrival counters (allocated on first use, which must precede any graph capture)."""
+    if tiles > ARRIVAL_COUNTERS:
+        raise ValueError(f"a split product of {tiles} output tiles; at most {ARRIVAL_COUNTERS} are counted")
+    if (counters := _arrival_counters.get(device)) is None:
+        counters = _arrival_counters[device] = torch.zeros(ARRIVAL_COUNTERS, dtype=torch.int32, device=device)
+    return counters
 
 
 def _fp8_weight(weight: torch.Tensor, block_k: int) -> bool:
