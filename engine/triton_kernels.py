@@ -629,12 +629,13 @@ ATTEND_FEW_ROWS_LAUNCH, ATTEND_LAUNCH = (128, 4, 3), (64, 4, 3)
 # ATTEND_MOST_SPLITS of them, their sums then combined: 1.5B, two rows, 512 / 1024 / 2048 / 8192 positions 9.5 /
 # 15.5 / 27.3 / 98.1 us unsplit, 6.1 / 6.7 / 7.1 / 11.7 split (the last 16 ways of 512; 64 ways of 128: 15.5)
 ATTEND_SPLIT_POSITIONS, ATTEND_MOST_SPLITS = 128, 16
+COMBINE_SPLITS = tl.constexpr(4)  # the splits' sums loaded together when the last program combines them
 
 
 @triton.jit
 def _rotary_attend_kernel(product_ptr, partial_ptr, squares_ptr, scale_ptr, bias_ptr, K, eps,
-                          cos_ptr, sin_ptr, positions_ptr, keys_ptr, values_ptr, out_ptr, parts_ptr, stats_ptr, T,
-                          chunk, softmax_scale, skr, skh, skt, svr, svh, svt, SUMS: tl.constexpr,
+                          cos_ptr, sin_ptr, positions_ptr, keys_ptr, values_ptr, out_ptr, parts_ptr, stats_ptr,
+                          arrivals_ptr, T, chunk, softmax_scale, skr, skh, skt, svr, svh, svt, SUMS: tl.constexpr,
                           SPLITS: tl.constexpr, ROWS: tl.constexpr, NORM: tl.constexpr, SCALED: tl.constexpr,
                           HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr,
                           BLOCK_N: tl.constexpr, CONTEXT_SPLIT: tl.constexpr, DOT_FP32: tl.constexpr,
@@ -642,8 +643,9 @@ def _rotary_attend_kernel(product_ptr, partial_ptr, squares_ptr, scale_ptr, bias
     """Row program_id(0)'s query heads that share key/value head program_id(1), over the row's live positions in
     [chunk * program_id(2), + chunk): their q and the row's new k rotated and rounded, k and v written into the
     caches at the row's position (by the program whose positions hold it), then attention (online softmax). With
-    CONTEXT_SPLIT, each program leaves its unnormalised sums and their softmax statistics (running maximum, total)
-    for _attend_combine_kernel."""
+    CONTEXT_SPLIT, each program leaves its unnormalised sums and their softmax statistics (running maximum, total),
+    and the last of the row's and key/value head's programs to arrive (counted in arrivals_ptr, which it sets back to
+    0) combines them (_combine_splits), where a second kernel would cost a launch."""
     after_previous_kernel(PDL)
     row, kv, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     kv_heads = tl.num_programs(1)
@@ -694,30 +696,47 @@ def _rotary_attend_kernel(product_ptr, partial_ptr, squares_ptr, scale_ptr, bias
         best = new_best
     where = row * heads + query_heads
     if CONTEXT_SPLIT:
-        where += split * tl.num_programs(0) * heads
-        tl.store(parts_ptr + where[:, None] * D + d[None, :], acc, mask=grouped)
-        tl.store(stats_ptr + 2 * where, best, mask=g < GROUP)
-        tl.store(stats_ptr + 2 * where + 1, total, mask=g < GROUP)
+        rows_heads = tl.num_programs(0) * heads
+        tl.store(parts_ptr + (split * rows_heads + where)[:, None] * D + d[None, :], acc, mask=grouped)
+        tl.store(stats_ptr + 2 * (split * rows_heads + where), best, mask=g < GROUP)
+        tl.store(stats_ptr + 2 * (split * rows_heads + where) + 1, total, mask=g < GROUP)
+        tl.debug_barrier()  # every thread's stores are issued before the count releases them
+        counter = arrivals_ptr + row * kv_heads + kv
+        if tl.atomic_add(counter, 1, sem="acq_rel") == tl.num_programs(2) - 1:
+            tl.store(counter, 0)  # ready for the next layer
+            out = _combine_splits(parts_ptr, stats_ptr, where, g < GROUP, d, rows_heads, tl.num_programs(2), D,
+                                  BLOCK_G)
+            tl.store(out_ptr + where[:, None] * D + d[None, :], out.to(dtype), mask=grouped)
     else:
         tl.store(out_ptr + where[:, None] * D + d[None, :], (acc / total[:, None]).to(dtype), mask=grouped)
 
 
 @triton.jit
-def _attend_combine_kernel(parts_ptr, stats_ptr, out_ptr, rows_heads, splits, D: tl.constexpr,
-                           BLOCK_S: tl.constexpr, PDL: tl.constexpr):
-    """One row's head program_id(0) (of rows_heads): its splits' sums weighted by exp(their maximum - the
-    largest), over their totals weighted alike. An empty split's maximum is -inf: weight 0."""
-    after_previous_kernel(PDL)
-    i = tl.program_id(0)
-    s = tl.arange(0, BLOCK_S)
-    d = tl.arange(0, D)
-    live = s < splits
-    best = tl.load(stats_ptr + 2 * (s * rows_heads + i), mask=live, other=float("-inf"))
-    total = tl.load(stats_ptr + 2 * (s * rows_heads + i) + 1, mask=live, other=0.0)
-    weight = tl.exp(best - tl.max(best, axis=0))
-    parts = tl.load(parts_ptr + (s * rows_heads + i)[:, None] * D + d[None, :], mask=live[:, None], other=0.0)
-    out = tl.sum(parts * weight[:, None], axis=0) / tl.sum(total * weight, axis=0)
-    tl.store(out_ptr + i * D + d, out.to(out_ptr.dtype.element_ty))
+def _combine_splits(parts_ptr, stats_ptr, where, heads, d, rows_heads, splits, D: tl.constexpr,
+                    BLOCK_G: tl.constexpr):
+    """Query heads `where` (of rows_heads; `heads` their mask) over all their context splits: each split's sums
+    weighted by exp(its maximum - the largest), over their totals weighted alike, COMBINE_SPLITS splits at a time
+    (the largest so far rescaling what came before). An empty split's maximum is -inf: weight 0; the first split
+    always holds position 0. Loads skip L1 (".cg"): the splits were written by other multiprocessors."""
+    best = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
+    total = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    out = tl.zeros((BLOCK_G, D), dtype=tl.float32)
+    for first in range(0, splits, COMBINE_SPLITS):
+        s = first + tl.arange(0, COMBINE_SPLITS)
+        at = (s[:, None] * rows_heads + where[None, :])  # [splits, heads]
+        live = (s < splits)[:, None] & heads[None, :]
+        split_best = tl.load(stats_ptr + 2 * at, mask=live, other=float("-inf"), cache_modifier=".cg")
+        split_total = tl.load(stats_ptr + 2 * at + 1, mask=live, other=0.0, cache_modifier=".cg")
+        parts = tl.load(parts_ptr + at[:, :, None] * D + d[None, None, :], mask=live[:, :, None], other=0.0,
+                        cache_modifier=".cg")
+        new_best = tl.maximum(best, tl.max(split_best, axis=0))
+        new_best = tl.where(heads, new_best, 0.0)  # padding heads: finite, so no inf - inf
+        weight = tl.exp(split_best - new_best[None, :])
+        correction = tl.exp(best - new_best)
+        total = total * correction + tl.sum(split_total * weight, axis=0)
+        out = out * correction[:, None] + tl.sum(parts * weight[:, :, None], axis=0)
+        best = new_best
+    return out / tl.where(heads, total, 1.0)[:, None]
 
 
 def attend_launch(rows: int, dtype: torch.dtype) -> tuple[int, int, int]:
@@ -743,7 +762,7 @@ def rotary_attend(qkv, cos, sin, keys, values, mask, positions, heads: int, kv_h
     k and v written into keys/values [R, kv, T, d] (views, last dimension contiguous) at `positions` [R], then one
     new token per row's attention over positions <= `positions` (what the additive `mask` [R, 1, 1, T] says too;
     this kernel reads positions, and only the live part of the cache) -> [R, heads, 1, d]. At few rows a long
-    context is split among programs (attend_splits) and their sums combined by a second kernel. `launch`
+    context is split among programs (attend_splits), whose sums the last of them combines. `launch`
     (positions per step, warps, stages) overrides attend_launch's."""
     rows, head_dim = cos.shape
     if keys.stride(-1) != 1 or values.stride(-1) != 1:
@@ -760,13 +779,10 @@ def rotary_attend(qkv, cos, sin, keys, values, mask, positions, heads: int, kv_h
         parts = torch.empty(splits, rows, heads, head_dim, dtype=torch.float32, device=keys.device)
         stats = torch.empty(splits, rows, heads, 2, dtype=torch.float32, device=keys.device)
     _rotary_attend_kernel[(rows, kv_heads, splits)](
-        *arguments, cos.contiguous(), sin.contiguous(), positions, keys, values, out, parts, stats, context, chunk,
-        scale, *keys.stride()[:3], *values.stride()[:3], GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
+        *arguments, cos.contiguous(), sin.contiguous(), positions, keys, values, out, parts, stats,
+        _arrivals(keys.device, rows * kv_heads) if splits > 1 else None, context, chunk, scale, *keys.stride()[:3], *values.stride()[:3], GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
         D=head_dim, BLOCK_N=block_n, CONTEXT_SPLIT=splits > 1, DOT_FP32=keys.dtype == torch.float32 or INTERPRETED,
         num_warps=warps, num_stages=stages, **flags, **dependent_launch(keys.device))
-    if splits > 1:
-        _attend_combine_kernel[(rows * heads,)](parts, stats, out, rows * heads, splits, D=head_dim,
-                                                BLOCK_S=triton.next_power_of_2(splits), **dependent_launch(keys.device))
     return out
 
 
@@ -1089,8 +1105,9 @@ def few_rows_linear(x, weight, bias=None, scale=None, *, norm=None, activation=N
     return out if reduce else SplitSums(partial, squares, scale, bias, inner, eps)
 
 
-# Split products count their tiles' finished splits here, one zeroed int32 per output tile, set back to zero by each
-# tile's last split: shared by every product on a device, which the engine runs one after another on one stream.
+# Kernels split over several programs count each output's finished parts here (a split product per output tile, the
+# split attention per row and key/value head), one zeroed int32 each, set back to zero by the last part: shared by
+# every such kernel on a device, which the engine runs one after another on one stream.
 ARRIVAL_COUNTERS = 1 << 14
 _arrival_counters: dict[torch.device, torch.Tensor] = {}
 
@@ -1098,7 +1115,7 @@ _arrival_counters: dict[torch.device, torch.Tensor] = {}
 def _arrivals(device: torch.device, tiles: int) -> torch.Tensor:
     """The device's arrival counters (allocated on first use, which must precede any graph capture)."""
     if tiles > ARRIVAL_COUNTERS:
-        raise ValueError(f"a split product of {tiles} output tiles; at most {ARRIVAL_COUNTERS} are counted")
+        raise ValueError(f"a split kernel of {tiles} outputs; at most {ARRIVAL_COUNTERS} are counted")
     if (counters := _arrival_counters.get(device)) is None:
         counters = _arrival_counters[device] = torch.zeros(ARRIVAL_COUNTERS, dtype=torch.int32, device=device)
     return counters

@@ -231,7 +231,8 @@ def test_rotary_attend_equals_the_torch_ops(kernels, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_rotary_attend_splits_a_long_context_among_programs(kernels, dtype, monkeypatch):
     """At few rows, a context split among programs (five of 32 positions here; the row at position 0 leaves four of
-    them empty) and their sums combined: the torch ops' attention and caches."""
+    them empty) and their sums combined by the last (four splits at a time: twice): the torch ops' attention and
+    caches."""
     monkeypatch.setattr(kernels, "ATTEND_SPLIT_POSITIONS", 32)
     rows, heads, kv_heads, head_dim = 4, 12, 2, 32
     assert kernels.attend_splits(rows, 160) == 5
@@ -246,6 +247,7 @@ def test_rotary_attend_splits_a_long_context_among_programs(kernels, dtype, monk
     torch.testing.assert_close(mine, expected, rtol=0, atol=tolerance * float(expected.abs().max()))
     for cache, expected_cache in zip(caches, expected_caches):
         torch.testing.assert_close(cache, expected_cache, rtol=0, atol=tolerance * float(expected_cache.abs().max()))
+    assert not kernels._arrivals(qkv.device, 1).any()  # the last part of each row and head set its count back
 
 
 @pytest.mark.parametrize("kind", ["bf16", "fp8"])
@@ -376,6 +378,7 @@ def test_few_rows_linear_equals_linear_blocks_torch_ops(kernels, rows, kind, nor
     assert ours.shape == expected.shape == (rows, outputs) and ours.dtype == dtype
     step = {torch.float32: 1e-5, torch.bfloat16: 2 ** -7}[dtype] * (4 if glu else 2)
     torch.testing.assert_close(ours, expected, rtol=step, atol=step * float(expected.abs().max()))
+    assert not kernels._arrivals(x.device, 1).any()  # a split product's last parts set the counts back to zero
 
 
 def test_few_rows_linear_refuses_many_rows_unknown_activations_and_fp8_steps_but_a_group(kernels):
