@@ -364,9 +364,9 @@ class DiffusionSolver(nn.Module):
     them), per layer the MLP's two products (gate and up fused) with silu_mul between them (`linear_block`: at few
     rows, one kernel with the first product) and residual_modulated_norm after (the gated residual and the next
     layer's norm and modulation; at few rows it finishes the second product's split sums), and guided_update
-    (the final product, guidance and the solver's update). Those three are one Triton kernel each on CUDA (`triton`: None, the default,
-    means on CUDA tensors where Triton imports), torch ops elsewhere (the functions above). The head's modules keep
-    views of the fused weights.
+    (the final product, guidance and the solver's update). Those three are one Triton kernel each on CUDA
+    (`triton`: None, the default, means on CUDA tensors where Triton imports), torch ops elsewhere (the functions
+    above). The head's modules keep views of the fused weights.
 
     noise [B, D], cond_pos/cond_neg [B, H], cfg [B], table [B, steps, 6] (engine.sampler.schedule_table) -> [B, D]
     """

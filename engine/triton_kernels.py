@@ -780,7 +780,8 @@ def rotary_attend(qkv, cos, sin, keys, values, mask, positions, heads: int, kv_h
         stats = torch.empty(splits, rows, heads, 2, dtype=torch.float32, device=keys.device)
     _rotary_attend_kernel[(rows, kv_heads, splits)](
         *arguments, cos.contiguous(), sin.contiguous(), positions, keys, values, out, parts, stats,
-        _arrivals(keys.device, rows * kv_heads) if splits > 1 else None, context, chunk, scale, *keys.stride()[:3], *values.stride()[:3], GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
+        _arrivals(keys.device, rows * kv_heads) if splits > 1 else None, context, chunk, scale, *keys.stride()[:3],
+        *values.stride()[:3], GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
         D=head_dim, BLOCK_N=block_n, CONTEXT_SPLIT=splits > 1, DOT_FP32=keys.dtype == torch.float32 or INTERPRETED,
         num_warps=warps, num_stages=stages, **flags, **dependent_launch(keys.device))
     return out
@@ -1060,8 +1061,9 @@ def _product_arguments(product) -> tuple[tuple, dict]:
 def few_rows_linear(x, weight, bias=None, scale=None, *, norm=None, activation=None, residual=None, layer_scale=None,
                     launch=None, reduce=True):
     """A product of at most FEW_ROWS rows with what surrounds it in a layer, in one kernel (where the inner width is
-    split, each output tile's last split to finish finishes the tile): x [R, K], weight [N', K] in x's dtype or 8-bit with float32 output scales `scale` [N']
-    (engine.quantize.linear_params), bias [N']; `norm` (weight [K], eps): x's RMSNorm first;
+    split, each output tile's last split to finish finishes the tile): x [R, K], weight [N', K] in x's dtype or
+    8-bit with float32 output scales `scale` [N'] (engine.quantize.linear_params), bias [N']; `norm` (weight [K],
+    eps): x's RMSNorm first;
     `activation` "silu_glu": the weight is gate and up stacked (N' = 2N) and the result silu(gate) * up [R, N],
     "gelu": the exact GELU; `residual` [R, N] added, after the product is multiplied by `layer_scale` [N] if given.
     Rounded where engine.network.linear_block's torch ops round. `launch` (outputs per program: any width, inner
