@@ -50,8 +50,10 @@ CONTEXT_BUCKET = 256  # attended context is rounded up to a power-of-two multipl
 PREFILL_TOKENS = 16384  # joining prompts are prefilled together, up to this many (padded) tokens per LM call
 # Prompts are padded to a power-of-two multiple of this many positions (causal attention: positions after a prompt
 # change nothing at its own), so a prompt prefilled alone on CUDA replays one of a few captured graphs: eager, the
-# prefill's ~500 kernels cost 10-25 ms of launches for ~2 ms of compute (the 1.5B, a 10 s voice).
-PREFILL_BUCKET = 64
+# prefill's ~500 kernels cost 10-25 ms of launches for ~2 ms of compute (the 1.5B, a 10 s voice). Up to
+# PREFILL_GRAPH_WIDTH positions (four speakers' 60 s voices fit): longer prompts compute long enough to hide their
+# launches, and each graph keeps its keys and values (57 KB a position for the 7B).
+PREFILL_BUCKET, PREFILL_GRAPH_WIDTH = 64, 2048
 
 
 @dataclass
@@ -183,7 +185,8 @@ class BatchEngine:
                         self._capture(n, steps, context)
         for width in sorted({self._prefill_width(length) for length in range(1, self.settings.max_context,
                                                                              PREFILL_BUCKET)}):
-            self._prefill_graph(width)
+            if width <= PREFILL_GRAPH_WIDTH:
+                self._prefill_graph(width)
         torch.cuda.synchronize()
         return len(self._graphs) + len(self._prefill_graphs)
 
@@ -249,7 +252,8 @@ class BatchEngine:
     def _prefill(self, slots: list[int], prompts: list[torch.Tensor]) -> None:
         """Run prompts ([length, H] each) into the positive KV rows of `slots` from position 0 (the rows' old content
         is dead), in batches of at most PREFILL_TOKENS padded tokens, keeping each prompt's last hidden state and
-        logits. A prompt alone is prefilled by its padded width's graph where frames are (CUDA graphs)."""
+        logits. A prompt alone is prefilled by its padded width's graph where frames are (CUDA graphs), up to
+        PREFILL_GRAPH_WIDTH."""
         spec, dev, dt = self.runtime.spec, self.runtime.device, self.runtime.dtype
         start = 0
         while start < len(slots):
@@ -259,7 +263,7 @@ class BatchEngine:
                 end += 1
             group, lengths = prompts[start:end], [p.shape[0] for p in prompts[start:end]]
             width = self._prefill_width(max(lengths))
-            if self.cuda_graphs and len(group) == 1:
+            if self.cuda_graphs and len(group) == 1 and width <= PREFILL_GRAPH_WIDTH:
                 embeds, graph, outputs = self._prefill_graph(width)
                 embeds[0, :lengths[0]] = group[0]  # what follows it is left from earlier prompts: never attended
                 graph.replay()
