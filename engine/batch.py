@@ -48,8 +48,8 @@ from engine.sampler import schedule_table
 
 CONTEXT_BUCKET = 256  # attended context is rounded up to a power-of-two multiple of this
 PREFILL_TOKENS = 16384  # joining prompts are prefilled together, up to this many (padded) tokens per LM call
-# Prompts are padded to a power-of-two multiple of this many positions (causal attention: positions after a prompt
-# change nothing at its own), so a prompt prefilled alone on CUDA replays one of a few captured graphs: eager, the
+# A prompt prefilled alone is padded to a power-of-two multiple of this many positions (causal attention: positions
+# after a prompt change nothing at its own), so on CUDA it replays one of a few captured graphs: eager, the
 # prefill's ~500 kernels cost 10-25 ms of launches for ~2 ms of compute (the 1.5B, a 10 s voice). Up to
 # PREFILL_GRAPH_WIDTH positions (four speakers' 60 s voices fit): longer prompts compute long enough to hide their
 # launches, and each graph keeps its keys and values (57 KB a position for the 7B).
@@ -258,12 +258,15 @@ class BatchEngine:
         start = 0
         while start < len(slots):
             end = start + 1
-            while end < len(slots) and (end + 1 - start) * self._prefill_width(
-                    max(p.shape[0] for p in prompts[start:end + 1])) <= PREFILL_TOKENS:
+            while end < len(slots) and (end + 1 - start) * max(p.shape[0] for p in prompts[start:end + 1]) \
+                    <= PREFILL_TOKENS:
                 end += 1
             group, lengths = prompts[start:end], [p.shape[0] for p in prompts[start:end]]
-            width = self._prefill_width(max(lengths))
-            if self.cuda_graphs and len(group) == 1 and width <= PREFILL_GRAPH_WIDTH:
+            width = max(lengths)
+            alone = len(group) == 1 and self._prefill_width(width) <= PREFILL_GRAPH_WIDTH
+            if alone:  # padded to its graph's width, eager too: the same shapes, the same sums
+                width = self._prefill_width(width)
+            if alone and self.cuda_graphs:
                 embeds, graph, outputs = self._prefill_graph(width)
                 embeds[0, :lengths[0]] = group[0]  # what follows it is left from earlier prompts: never attended
                 graph.replay()
