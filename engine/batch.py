@@ -262,10 +262,10 @@ class BatchEngine:
                     <= PREFILL_TOKENS:
                 end += 1
             group, lengths = prompts[start:end], [p.shape[0] for p in prompts[start:end]]
-            width = max(lengths)
-            alone = len(group) == 1 and self._prefill_width(width) <= PREFILL_GRAPH_WIDTH
+            width, padded = max(lengths), self._prefill_width(max(lengths))
+            alone = len(group) == 1 and padded <= PREFILL_GRAPH_WIDTH
             if alone:  # padded to its graph's width, eager too: the same shapes, the same sums
-                width = self._prefill_width(width)
+                width = padded
             if alone and self.cuda_graphs:
                 embeds, graph, outputs = self._prefill_graph(width)
                 embeds[0, :lengths[0]] = group[0]  # what follows it is left from earlier prompts: never attended

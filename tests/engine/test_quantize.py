@@ -174,7 +174,7 @@ def test_synthesis_at_8_bit_precision_stays_close_to_fp32_at_the_first_frame(tin
 def test_the_tokenizers_wide_blocks_take_8_bit_ffn_weights_and_synthesis_stays_close_to_fp32(
         tiny_checkpoint, voices, fp32_audio, precision, monkeypatch):
     """The tiny checkpoint's blocks are at most 256 channels wide, under QUANTIZED_MIN_CHANNELS: lowered to 64 here,
-    its two widest stages' FFNs take 8-bit weights, as the released sizes' 1024- and 2048-channel ones do."""
+    its three widest stages' FFNs take 8-bit weights, as the released sizes' 1024- and 2048-channel ones do."""
     monkeypatch.setattr(tokenizer_step, "QUANTIZED_MIN_CHANNELS", 64)
     checkpoint = load_checkpoint(str(tiny_checkpoint))
     inner = checkpoint.model.model
